@@ -1,0 +1,34 @@
+# Two entry points, each bootstrapping .venv on a fresh clone:
+#   make test    set up + the correctness tests (CPU; Triton kernels run under TRITON_INTERPRET=1)
+#   make bench   set up + the benchmark comparison, reports written to results/
+# TORCH_SPEC picks the torch wheel: the default takes the CPU build this project's machines carry;
+# on a GPU machine use e.g. `make test TORCH_SPEC=torch` (any torch >= 2.11 works).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test bench lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench.run --out results
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .benchmarks *.egg-info

@@ -1,0 +1,5 @@
+"""Triton device code and thin host launchers for the fused LSTM (installed as ``lstm_triton.kernels``).
+
+No autograd and no nn.Module here: launchers take tensors, allocate outputs, pick launch
+settings and launch. The PyTorch side lives in ``lstm_triton``.
+"""

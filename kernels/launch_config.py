@@ -1,0 +1,58 @@
+"""The one place that decides launch settings (block sizes, warps, dot precision) for every level.
+
+Rules: ``tl.dot`` tiles are at least 16 in every dimension (GPUs require it); powers of two
+(``tl.arange``); masks handle the remainder. Under the interpreter the same code paths run, so
+the same choices apply (only the timing is meaningless there).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 dots follow torch's own matmul setting (ieee unless the user allowed tf32)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+@dataclass(frozen=True)
+class PointwiseConfig:
+    """The cell level's gate/cell kernel: one program per BLOCK (batch, hidden) elements."""
+
+    block: int
+    num_warps: int
+
+
+def pointwise_config(num_elements: int) -> PointwiseConfig:
+    block = min(1024, max(128, triton.next_power_of_2(num_elements)))
+    return PointwiseConfig(block=block, num_warps=4 if block <= 512 else 8)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The step level's GEMM-with-epilogue kernels: a (BLOCK_B × BLOCK_H) tile of (batch, unit)
+    per program, all four gates of those units, reducing over K in BLOCK_K chunks."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+def step_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
+    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    # Narrow hidden slices give more programs when the batch is small (the d2l shape has one
+    # batch tile): 16 units -> H/16 programs.
+    block_h = 16 if batch <= 32 else 32
+    block_k = 32 if dtype == torch.float32 else 64
+    return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=4)

@@ -1,0 +1,122 @@
+"""Fusion level "cell": per time step, torch's GEMM for ``h @ W_hhᵀ``, then ONE Triton kernel for
+the gate activations and the c/h update (forward), or for the pointwise backward (backward).
+
+Shapes (T steps, B batch, H hidden; dt = the input dtype, fp32/bf16/fp16):
+    xp    (T, B, 4H) fp32   input projection x @ W_ihᵀ + b_ih + b_hh, gates [i, f, g, o]
+    y     (T, B, H)  dt     outputs h_1..h_T (also the next step's GEMM input)
+    c_all (T+1,B, H) fp32   c_0..c_T
+    acts  (T, B, 4H) fp32   activated gates i, f, g, o (saved for backward)
+    dG    (T, B, 4H) dt     pre-activation gradients (fed to the weight GEMMs after the loop)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .buffers import new_buffer
+from .launch_config import pointwise_config
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def cell_forward_kernel(
+    xp_ptr, hw_ptr, c_prev_ptr,  # (B,4H) fp32, (B,4H) dt = h_{t-1} @ W_hhᵀ, (B,H) fp32
+    y_ptr, c_ptr, act_ptr,  # outputs: (B,H) dt, (B,H) fp32, (B,4H) fp32
+    B, H,
+    BLOCK: tl.constexpr,
+):
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < B * H
+    b = n // H
+    gate = b * 4 * H + n % H  # column of gate i for (b, unit); f, g, o follow at +H, +2H, +3H
+    gi = tl.load(xp_ptr + gate, mask=mask) + tl.load(hw_ptr + gate, mask=mask).to(tl.float32)
+    gf = tl.load(xp_ptr + gate + H, mask=mask) + tl.load(hw_ptr + gate + H, mask=mask).to(tl.float32)
+    gg = tl.load(xp_ptr + gate + 2 * H, mask=mask) + tl.load(hw_ptr + gate + 2 * H, mask=mask).to(tl.float32)
+    go = tl.load(xp_ptr + gate + 3 * H, mask=mask) + tl.load(hw_ptr + gate + 3 * H, mask=mask).to(tl.float32)
+    c_prev = tl.load(c_prev_ptr + n, mask=mask)
+    i, f, g, o, c, h = lstm_pointwise_forward(gi, gf, gg, go, c_prev)
+    tl.store(c_ptr + n, c, mask=mask)
+    tl.store(y_ptr + n, h.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(act_ptr + gate, i, mask=mask)
+    tl.store(act_ptr + gate + H, f, mask=mask)
+    tl.store(act_ptr + gate + 2 * H, g, mask=mask)
+    tl.store(act_ptr + gate + 3 * H, o, mask=mask)
+
+
+@triton.jit
+def cell_backward_kernel(
+    dy_ptr, dh_rec_ptr, dc_ptr,  # (B,H) fp32 dL/dh_t from above, (B,H) dt from step t+1, (B,H) fp32 in/out
+    act_ptr, c_ptr, c_prev_ptr,  # saved: (B,4H) fp32, c_t, c_{t-1}
+    dg_ptr,  # output (B,4H) dt
+    B, H,
+    BLOCK: tl.constexpr,
+):
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < B * H
+    gate = (n // H) * 4 * H + n % H
+    dh = tl.load(dy_ptr + n, mask=mask) + tl.load(dh_rec_ptr + n, mask=mask).to(tl.float32)
+    dc = tl.load(dc_ptr + n, mask=mask)
+    i = tl.load(act_ptr + gate, mask=mask)
+    f = tl.load(act_ptr + gate + H, mask=mask)
+    g = tl.load(act_ptr + gate + 2 * H, mask=mask)
+    o = tl.load(act_ptr + gate + 3 * H, mask=mask)
+    c = tl.load(c_ptr + n, mask=mask)
+    c_prev = tl.load(c_prev_ptr + n, mask=mask)
+    dgi, dgf, dgg, dgo, dc_prev = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
+    out_ty = dg_ptr.dtype.element_ty
+    tl.store(dg_ptr + gate, dgi.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + H, dgf.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 2 * H, dgg.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 3 * H, dgo.to(out_ty), mask=mask)
+    tl.store(dc_ptr + n, dc_prev, mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def cell_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+    """Run the sequence: ``xp (T,B,4H) fp32``, ``h0, c0 (B,H)``, ``w_hh (4H,H) dt``.
+
+    Returns ``y (T,B,H) dt``, ``c_all (T+1,B,H) fp32``, ``acts (T,B,4H) fp32``.
+    """
+    T, B, H4 = xp.shape
+    H, dt, dev = H4 // 4, w_hh.dtype, xp.device
+    y = new_buffer((T, B, H), dt, dev)
+    c_all = new_buffer((T + 1, B, H), torch.float32, dev)
+    acts = new_buffer((T, B, H4), torch.float32, dev)
+    hw = new_buffer((B, H4), dt, dev)
+    c_all[0] = c0
+    cfg = pointwise_config(B * H)
+    grid = (triton.cdiv(B * H, cfg.block),)
+    w_t = w_hh.t()
+    h_prev = h0.to(dt)
+    for t in range(T):
+        torch.mm(h_prev, w_t, out=hw)
+        cell_forward_kernel[grid](xp[t], hw, c_all[t], y[t], c_all[t + 1], acts[t], B, H,
+                                  BLOCK=cfg.block, num_warps=cfg.num_warps)
+        h_prev = y[t]
+    return y, c_all, acts
+
+
+def cell_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
+                  acts: torch.Tensor):
+    """Reverse loop. ``dy (T,B,H) fp32`` already holds dL/dh_n in its last step; ``dc_n (B,H) fp32``.
+
+    Returns ``dG (T,B,4H) dt``, ``dh0 (B,H) dt``, ``dc0 (B,H) fp32``.
+    """
+    T, B, H = dy.shape
+    dt, dev = w_hh.dtype, dy.device
+    dG = new_buffer((T, B, 4 * H), dt, dev)
+    dc = dc_n.to(torch.float32).clone()
+    dh_rec = torch.zeros((B, H), dtype=dt, device=dev)
+    cfg = pointwise_config(B * H)
+    grid = (triton.cdiv(B * H, cfg.block),)
+    for t in range(T - 1, -1, -1):
+        cell_backward_kernel[grid](dy[t], dh_rec, dc, acts[t], c_all[t + 1], c_all[t], dG[t], B, H,
+                                   BLOCK=cfg.block, num_warps=cfg.num_warps)
+        torch.mm(dG[t], w_hh, out=dh_rec)
+    return dG, dh_rec, dc

@@ -1,0 +1,62 @@
+"""The one place that decides which backend (triton / torch) and fusion level run an LSTM call.
+
+backend ``auto``: Triton on CUDA tensors, and on CPU tensors when the Triton interpreter is on
+(TRITON_INTERPRET=1); torch's own kernel (cuDNN / ATen) otherwise. ``triton`` on a CPU tensor
+without the interpreter is a ValueError. Every decision is logged at DEBUG level on the
+``lstm_triton`` logger with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .kernels.launch_config import interpreter_on
+
+log = logging.getLogger("lstm_triton")
+
+BACKENDS = ("auto", "triton", "torch")
+FUSIONS = ("auto", "cell", "step")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Resolve ``auto``; raise ValueError when ``triton`` cannot run on this device/dtype."""
+    check_choice("backend", requested, BACKENDS)
+    triton_ok = device.type == "cuda" or (device.type == "cpu" and interpreter_on())
+    if requested == "triton":
+        if not triton_ok:
+            raise ValueError(
+                f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got device {device}"
+            )
+        if dtype not in TRITON_DTYPES:
+            raise ValueError(f"backend='triton' supports float32, bfloat16 and float16 inputs, got {dtype}")
+        return "triton"
+    if requested == "torch":
+        return "torch"
+    if not triton_ok:
+        log.debug("backend auto -> torch: %s tensor and the Triton interpreter is off", device.type)
+        return "torch"
+    if dtype not in TRITON_DTYPES:
+        log.debug("backend auto -> torch: dtype %s has no Triton kernel", dtype)
+        return "torch"
+    log.debug("backend auto -> triton: %s tensor", device.type)
+    return "triton"
+
+
+def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device) -> str:
+    """Resolve ``fusion='auto'`` for one layer call of shape (batch, hidden)."""
+    check_choice("fusion", requested, FUSIONS)
+    if requested != "auto":
+        return requested
+    # The step kernel keeps all four gates of a hidden slice in one program and needs no
+    # separate GEMM launch; it is the better default until measurements on a GPU say otherwise.
+    log.debug("fusion auto -> step: B=%d H=%d %s on %s", batch, hidden, dtype, device.type)
+    return "step"

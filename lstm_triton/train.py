@@ -1,0 +1,217 @@
+"""d2l's training loop for the char LM (train_ch8), with validation, checkpoints and metrics.
+
+SGD with learning rate ``lr``, global-norm gradient clipping at ``clip`` (d2l's grad_clipping),
+loss = mean cross-entropy, perplexity = exp(mean loss over the epoch). With the sequential
+iterator the state is carried across batches (and detached); with the random iterator it is
+re-initialised every batch. tokens/s counts training tokens over training time only, with the
+device synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .data import CharData
+from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict
+from .model import CharLM
+
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_perplexity", "val_perplexity", "tokens", "seconds", "tokens_per_sec",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; d2l's LSTM chapter values by default."""
+
+    impl: str = "nn"
+    epochs: int = 500
+    lr: float = 1.0
+    batch_size: int = 32
+    num_steps: int = 35
+    hidden_size: int = 256
+    max_tokens: int = 10_000
+    val_tokens: int = 5_000
+    use_random_iter: bool = False
+    clip: float = 1.0
+    seed: int = 0
+    init: str = "seed"
+    fusion: str = "auto"
+    eval_every: int = 1
+    corpus: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message naming the first bad field."""
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        for name in ("epochs", "batch_size", "num_steps", "hidden_size", "max_tokens", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.val_tokens < 0:
+            raise ValueError(f"val_tokens must be >= 0, got {self.val_tokens}")
+        for name in ("lr", "clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ValueError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clip_gradients(model: nn.Module, theta: float) -> float:
+    """d2l's grad_clipping: scale all gradients so their global L2 norm is at most ``theta``."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
+    if norm > theta:
+        for g in grads:
+            g.mul_(theta / norm)
+    return float(norm)
+
+
+def _detach(state):
+    return tuple(s.detach() for s in state)
+
+
+class Trainer:
+    """Owns the model, optimiser, data and RNG of one run; ``fit`` trains epoch by epoch."""
+
+    def __init__(self, cfg: TrainConfig, device: str | torch.device = "auto", data: CharData | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.data = data or CharData.load(
+            cfg.batch_size, cfg.num_steps, cfg.max_tokens, cfg.val_tokens, cfg.use_random_iter, cfg.corpus
+        )
+        self.model: CharLM = build_char_lm(
+            cfg.impl, len(self.data.vocab), cfg.hidden_size,
+            seed=cfg.seed, init=cfg.init, fusion=cfg.fusion, device=self.device,
+        )
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.rng = random.Random(cfg.seed)  # data order: offsets and shuffles
+        torch.manual_seed(cfg.seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        model, device = self.model, self.device
+        model.train()
+        state = None
+        loss_sum, tokens = 0.0, 0
+        synchronize(device)
+        start = time.perf_counter()
+        for X, Y in self.data.train_batches(self.rng):
+            X, y = X.to(device), Y.T.reshape(-1).to(device)
+            if state is None or self.cfg.use_random_iter:
+                state = model.begin_state(X.shape[0], device)
+            else:
+                state = _detach(state)
+            logits, state = model(X, state)
+            loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(model, self.cfg.clip)
+            self.optimizer.step()
+            loss_sum += loss.detach() * y.numel()  # stays on device: no sync per batch
+            tokens += y.numel()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        mean_loss = float(loss_sum) / tokens
+        return {
+            "train_loss": mean_loss, "train_perplexity": math.exp(mean_loss),
+            "tokens": tokens, "seconds": seconds, "tokens_per_sec": tokens / seconds,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Perplexity on the validation stream (sequential, state carried); NaN if there is none."""
+        if not self.data.has_validation:
+            return math.nan
+        model = self.model
+        model.eval()
+        state, loss_sum, tokens = None, 0.0, 0
+        for X, Y in self.data.val_batches():
+            X, y = X.to(self.device), Y.T.reshape(-1).to(self.device)
+            logits, state = model(X, state if state is not None else model.begin_state(X.shape[0], self.device))
+            loss_sum += float(self.loss_fn(logits, y)) * y.numel()
+            tokens += y.numel()
+        model.train()
+        return math.exp(loss_sum / tokens)
+
+    # -- the run -------------------------------------------------------------------------------
+    def fit(self, on_epoch_end: Callable[[Trainer, dict], None] | None = None) -> pd.DataFrame:
+        """Train until ``cfg.epochs`` epochs are done (continuing after a resume)."""
+        while self.epoch < self.cfg.epochs:
+            row = {"epoch": self.epoch + 1, **self.train_epoch()}
+            last = self.epoch + 1 == self.cfg.epochs
+            row["val_perplexity"] = self.evaluate() if (row["epoch"] % self.cfg.eval_every == 0 or last) else math.nan
+            self.epoch += 1
+            self.history.append(row)
+            if on_epoch_end is not None:
+                on_epoch_end(self, row)
+        return self.metrics()
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history, columns=METRIC_COLUMNS)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, {
+            "config": dataclasses.asdict(self.cfg),
+            "vocab": self.data.vocab.idx_to_token,
+            "model": portable_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "data_rng": self.rng.getstate(),
+            "torch_rng": torch.random.get_rng_state(),
+        })
+
+    def resume(self, path: str | Path) -> None:
+        """Load a checkpoint written by :meth:`save`; CheckpointError if it does not fit this run."""
+        payload = load_checkpoint(path)
+        if payload["vocab"] != self.data.vocab.idx_to_token:
+            raise CheckpointError(f"resume: {path} was trained on a corpus with a different vocabulary")
+        check_compatible(portable_state_dict(self.model), payload["model"], str(path))
+        load_portable_state_dict(self.model, payload["model"])
+        if payload["config"]["impl"] == self.cfg.impl:  # parameter lists differ between impls
+            self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:  # the lr asked for now wins over the saved one
+            group["lr"] = self.cfg.lr
+        self.epoch = payload["epoch"]
+        self.history = list(payload["history"])
+        self.rng.setstate(payload["data_rng"])
+        torch.random.set_rng_state(payload["torch_rng"])
+
+
+def train(cfg: TrainConfig, device: str | torch.device = "auto") -> tuple[Trainer, pd.DataFrame]:
+    """Train from scratch with ``cfg``; returns the trainer (model, data) and per-epoch metrics."""
+    trainer = Trainer(cfg, device)
+    return trainer, trainer.fit()

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from lstm_triton.checkpoint import CheckpointError, atomic_write
+from lstm_triton.impls import build_char_lm
+from lstm_triton.model import predict
+from lstm_triton.train import METRIC_COLUMNS, TrainConfig, Trainer, clip_gradients
+
+SMALL = dict(hidden_size=32, batch_size=8, num_steps=10, max_tokens=2000, val_tokens=400, lr=1.0)
+
+
+def test_clip_gradients_scales_to_the_global_norm():
+    model = torch.nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 2.0)
+    norm = clip_gradients(model, 1.0)
+    assert norm == pytest.approx(2.0 * math.sqrt(8))
+    total = math.sqrt(sum(float((p.grad ** 2).sum()) for p in model.parameters()))
+    assert total == pytest.approx(1.0, rel=1e-6)
+
+
+def test_same_seed_same_weights_for_every_impl():
+    a, b = build_char_lm("naive", 28, 16, seed=5), build_char_lm("nn", 28, 16, seed=5)
+    c = build_char_lm("nn", 28, 16, seed=6)
+    x = torch.randint(0, 28, (2, 4))
+    assert torch.allclose(a(x)[0], b(x)[0], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(b(x)[0], c(x)[0])
+
+
+@pytest.mark.parametrize("impl", ["nn", "naive"])
+@pytest.mark.parametrize("random_iter", [False, True])
+def test_training_reduces_perplexity_and_reports_metrics(impl, random_iter):
+    trainer = Trainer(TrainConfig(impl=impl, epochs=8, use_random_iter=random_iter, **SMALL), "cpu")
+    metrics = trainer.fit()
+    assert list(metrics.columns) == METRIC_COLUMNS and len(metrics) == 8
+    assert metrics["train_perplexity"].iloc[-1] < 0.9 * metrics["train_perplexity"].iloc[0]
+    assert metrics["val_perplexity"].notna().all() and (metrics["tokens_per_sec"] > 0).all()
+    assert metrics["tokens"].iloc[0] % (SMALL["batch_size"] * SMALL["num_steps"]) == 0
+    text = predict(trainer.model, "time traveller", 10, trainer.data.vocab)
+    assert text.startswith("time traveller") and len(text) == len("time traveller") + 10
+
+
+def test_resume_gives_the_same_next_epoch_as_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(impl="nn", epochs=4, **SMALL)
+    straight = Trainer(cfg, "cpu").fit()
+
+    first = Trainer(TrainConfig(**{**cfg.__dict__, "epochs": 2}), "cpu")
+    first.fit()
+    first.save(tmp_path / "run.ckpt")
+    resumed = Trainer(cfg, "cpu")
+    resumed.resume(tmp_path / "run.ckpt")
+    assert resumed.epoch == 2
+    metrics = resumed.fit()
+    assert len(metrics) == 4
+    assert metrics["train_loss"].tolist() == straight["train_loss"].tolist()
+
+
+def test_checkpoints_move_between_implementations(tmp_path):
+    naive = Trainer(TrainConfig(impl="naive", epochs=1, **SMALL), "cpu")
+    naive.fit()
+    naive.save(tmp_path / "n.ckpt")
+    nn_run = Trainer(TrainConfig(impl="nn", epochs=1, **SMALL), "cpu")
+    nn_run.resume(tmp_path / "n.ckpt")
+    x = torch.randint(0, 28, (2, 5))
+    assert torch.allclose(naive.model(x)[0], nn_run.model(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_different_model_shape(tmp_path):
+    trainer = Trainer(TrainConfig(impl="nn", epochs=1, **SMALL), "cpu")
+    trainer.save(tmp_path / "a.ckpt")
+    other = Trainer(TrainConfig(impl="nn", epochs=1, **{**SMALL, "hidden_size": 16}), "cpu")
+    with pytest.raises(CheckpointError, match="different model shape"):
+        other.resume(tmp_path / "a.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        other.resume(tmp_path / "junk.ckpt")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "keep.txt"
+    path.write_text("old")
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("hidden_size", -1), ("lr", 0.0), ("impl", "gru")])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field if field != "impl" else "impl"):
+        TrainConfig(**{field: value}).validate()
