@@ -56,3 +56,18 @@ def step_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
     block_h = 16 if batch <= 32 else 32
     block_k = 32 if dtype == torch.float32 else 64
     return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=4)
+
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def reachable_step_configs(max_batch: int = 1024) -> list[tuple[StepConfig, torch.dtype]]:
+    """Every (StepConfig, dtype) that :func:`step_config` can return: the AOT test compiles them all."""
+    seen = {(step_config(b, 256, dt), dt) for dt in DTYPES for b in range(1, max_batch + 1)}
+    return sorted(seen, key=lambda cd: (str(cd[1]), cd[0].block_b, cd[0].block_h))
+
+
+def reachable_pointwise_configs(max_elements: int = 1 << 16) -> list[PointwiseConfig]:
+    """Every PointwiseConfig that :func:`pointwise_config` can return."""
+    sizes = [1 << p for p in range(max_elements.bit_length())]
+    return sorted({pointwise_config(n) for n in sizes}, key=lambda c: c.block)

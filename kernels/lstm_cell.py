@@ -111,7 +111,7 @@ def cell_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_al
     T, B, H = dy.shape
     dt, dev = w_hh.dtype, dy.device
     dG = new_buffer((T, B, 4 * H), dt, dev)
-    dc = dc_n.to(torch.float32).clone()
+    dc = dc_n.float().contiguous().clone()  # carried in place: must be our own contiguous buffer
     dh_rec = torch.zeros((B, H), dtype=dt, device=dev)
     cfg = pointwise_config(B * H)
     grid = (triton.cdiv(B * H, cfg.block),)

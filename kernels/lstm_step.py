@@ -151,7 +151,7 @@ def step_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_al
     dt, dev = w_hh.dtype, dy.device
     dG = new_buffer((T + 1, B, 4 * H), dt, dev)
     dG[T].zero_()  # dG_{T} = 0: nothing flows back from beyond the last step
-    dc = dc_n.to(torch.float32).clone()
+    dc = dc_n.float().contiguous().clone()  # carried in place: must be our own contiguous buffer
     grid, meta = _grid_and_meta(B, H, dt)
     w_hh = w_hh.contiguous()
     for t in range(T - 1, -1, -1):

@@ -38,7 +38,8 @@ def _backward(ctx, launch, dy, dh_n, dc_n):
     x, h0, w_ih, w_hh, y, c_all, acts = ctx.saved_tensors
     T, B, I = x.shape
     H, dt = w_hh.shape[1], w_hh.dtype
-    dy32 = dy.to(torch.float32, copy=True)
+    dy32 = torch.empty(dy.shape, dtype=torch.float32, device=dy.device)  # contiguous, whatever dy's strides
+    dy32.copy_(dy)
     dy32[-1] += dh_n.float()  # dL/dh_T arrives both as output and as h_n
     dG, dh0, dc0 = launch(dy32, dc_n.float(), w_hh, c_all, acts)
     dG2 = dG.reshape(T * B, 4 * H)

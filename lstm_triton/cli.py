@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics-csv", default=None, help="write per-epoch metrics to this CSV file")
     t.add_argument("--num-preds", type=_non_negative_int, default=50, help="characters to predict per prefix")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    k = sub.add_parser("kernels", help="compile every kernel configuration for a GPU and report registers/spills")
+    k.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
+    k.add_argument("--json", action="store_true")
     return parser
 
 
@@ -150,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "train":
             return run_train(args)
+        if args.command == "kernels":
+            from .kernel_report import main as report
+
+            return report(["--arch", args.arch] + (["--json"] if args.json else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")
     except UsageError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)

@@ -100,6 +100,8 @@ class LSTM(nn.LSTM):
     def forward(self, input, hx=None):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
+        if data.dtype != self.weight_ih_l0.dtype:
+            self.check_input(data, None)  # nn.LSTM's own dtype error, before any backend talk
         backend = choose_backend(self.backend, data.device, data.dtype)
         if backend == "triton" and (packed or self.proj_size > 0):
             what = "PackedSequence input" if packed else "proj_size > 0"

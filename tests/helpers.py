@@ -11,3 +11,29 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return float("inf")
     denom = b.norm()
     return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())
+
+
+def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int = 32, seed: int = 3) -> torch.Tensor:
+    """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches;
+    the per-step losses. Weights depend only on ``seed``, so every impl starts identical."""
+    from lstm_triton.impls import build_char_lm
+    from lstm_triton.train import clip_gradients
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 28, (8, 12), generator=gen) for _ in range(steps + 1)]
+    model = build_char_lm(impl, 28, hidden, seed=seed, fusion=fusion)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    state, losses = model.begin_state(8, "cpu"), []
+    for X, Y in zip(batches, batches[1:]):
+        logits, state = model(X, tuple(s.detach() for s in state))
+        loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        clip_gradients(model, 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() / b.abs()).max())

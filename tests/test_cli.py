@@ -86,6 +86,5 @@ def test_cli_process_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "lstm_triton", "train", "--impl", "gru"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "lstm-triton train: error: argument --impl: invalid choice: 'gru' (choose from naive, nn, triton)"
-    ]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lstm-triton train: error: argument --impl: invalid choice: 'gru'")

@@ -1,0 +1,45 @@
+"""Every kernel configuration the launchers can pick compiles ahead of time for sm_80 and sm_90.
+
+Compiling needs real (not interpreted) @triton.jit functions, so the report runs in a
+subprocess with TRITON_INTERPRET unset. ptxas ships inside the triton wheel: no GPU needed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module", params=["sm_80", "sm_90"])
+def builds(request):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "lstm_triton.kernel_report", "--arch", request.param, "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pd.DataFrame(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_every_launcher_configuration_compiles(builds, record_property):
+    table = builds[["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes",
+                    "shared_bytes"]].to_string(index=False)
+    print(table)  # shown with -s / -rA: registers, spills and shared memory per configuration
+    record_property("kernel_builds", table)
+    assert set(builds["level"]) == {"cell", "step"}
+    assert set(builds["dtype"]) == {"fp32", "bf16", "fp16"}
+    assert (builds["registers"] > 0).all() and (builds["registers"] <= 255).all()
+    assert (builds["shared_bytes"] <= 227 * 1024).all()
+
+
+def test_no_spills_at_the_d2l_shape(builds):
+    d2l = builds[builds["d2l_shape"]]
+    assert len(d2l) >= 6  # forward and backward step kernels, for each dtype
+    spilled = d2l[d2l["spill_bytes"] > 0]
+    assert spilled.empty, spilled.to_string()
+
+
+def test_no_spills_anywhere(builds):
+    spilled = builds[builds["spill_bytes"] > 0]
+    assert spilled.empty, spilled.to_string()

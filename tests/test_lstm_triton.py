@@ -1,0 +1,149 @@
+"""lstm_triton.LSTM against nn.LSTM in float64: forward and every gradient, each fusion level.
+
+Runs under TRITON_INTERPRET=1 on CPU (fp32 dots are exact there, hence the 1e-5 bound), and on
+CUDA when a GPU is present (tf32 is off by default in torch, so the same bound holds).
+"""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lstm_triton.kernels.buffers import set_poison
+from torch import nn
+
+import lstm_triton
+
+from .helpers import rel_err
+
+LEVELS = ["cell", "step"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every kernel output starts as NaN, so an element a kernel forgets to write fails."""
+    set_poison(True)
+    yield
+    set_poison(False)
+
+
+def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
+                    unbatched=False, bias=True, with_state=True, dtype=torch.float32, seed=0, dropout=0.0,
+                    train=False):
+    """Run both on the same weights/inputs/upstream grads; return {name: relative error}."""
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                  dropout=dropout)
+    ref = nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+    ours = lstm_triton.LSTM(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    ref.train(train)
+    ours.train(train)
+
+    D = 2 if bidirectional else 1
+    x_shape = (T, I) if unbatched else ((B, T, I) if batch_first else (T, B, I))
+    s_shape = (num_layers * D, H) if unbatched else (num_layers * D, B, H)
+    leaves64 = [torch.randn(x_shape, generator=gen, dtype=torch.float64)]
+    if with_state:
+        leaves64 += [torch.randn(s_shape, generator=gen, dtype=torch.float64) for _ in range(2)]
+    leaves64 = [t.requires_grad_() for t in leaves64]
+    leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in leaves64]
+
+    def run(model, xs):
+        out, (h, c) = model(xs[0], (xs[1], xs[2]) if with_state else None)
+        return out, h, c
+
+    expected = run(ref, leaves64)
+    actual = run(ours, leaves)
+    upstream = [torch.randn(e.shape, generator=gen, dtype=torch.float64) for e in expected]
+    sum(((e * u).sum() for e, u in zip(expected, upstream)), torch.zeros((), dtype=torch.float64)).backward()
+    sum((a.float() * u.to(a.device, torch.float32)).sum() for a, u in zip(actual, upstream)).backward()
+
+    errors = {name: rel_err(a, e) for name, a, e in zip(("output", "h_n", "c_n"), actual, expected)}
+    for name, a, e in zip(("d_input", "d_h0", "d_c0"), leaves, leaves64):
+        errors[name] = rel_err(a.grad, e.grad)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        errors[f"d_{name}"] = rel_err(p.grad, q.grad)
+    return errors
+
+
+def assert_close(errors, dtype=torch.float32):
+    bad = {k: v for k, v in errors.items() if not v <= TOL[dtype]}
+    assert not bad, f"relative errors above {TOL[dtype]}: {bad}"
+
+
+SHAPES = {
+    "odd-B3-T7-I5-H20": (7, 3, 5, 20),
+    "T1": (1, 3, 5, 20),
+    "B1": (6, 1, 5, 20),
+    "I1-H1": (4, 2, 1, 1),
+    "H40-two-tiles": (5, 4, 7, 40),
+    "B37-two-batch-tiles": (3, 37, 4, 18),
+}
+
+
+@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_single_layer_matches_nn_lstm(fusion, shape):
+    assert_close(compare_with_nn(fusion, *shape))
+
+
+@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("variant", [
+    dict(num_layers=2), dict(bidirectional=True), dict(batch_first=True), dict(unbatched=True),
+    dict(bias=False), dict(with_state=False), dict(num_layers=2, bidirectional=True, batch_first=True),
+    dict(num_layers=2, dropout=1.0, train=True),  # p=1 zeroes layer 1's output in both: deterministic
+], ids=["2-layers", "bidirectional", "batch-first", "unbatched", "no-bias", "no-state", "2-layers-bi-bf",
+        "dropout-1"])
+def test_module_features_match_nn_lstm(fusion, variant):
+    assert_close(compare_with_nn(fusion, 5, 3, 4, 12, **variant))
+
+
+@settings(max_examples=12, deadline=None)
+@given(fusion=st.sampled_from(LEVELS), T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 9),
+       H=st.integers(1, 33), seed=st.integers(0, 2**16))
+def test_random_shapes_match_nn_lstm(fusion, T, B, I, H, seed):
+    set_poison(True)
+    assert_close(compare_with_nn(fusion, T, B, I, H, seed=seed))
+
+
+def test_dropout_between_layers_is_random_in_training_and_off_in_eval():
+    torch.manual_seed(0)
+    model = lstm_triton.LSTM(3, 8, num_layers=2, dropout=0.5, backend="triton")
+    x = torch.randn(4, 2, 3)
+    torch.manual_seed(1)
+    a = model(x)[0]
+    torch.manual_seed(1)
+    b = model(x)[0]
+    torch.manual_seed(2)
+    c = model(x)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+
+
+def test_functional_lstm_matches_the_module():
+    torch.manual_seed(0)
+    layer = nn.LSTM(5, 9)
+    x, h0, c0 = torch.randn(4, 2, 5), torch.randn(2, 9), torch.randn(2, 9)
+    y, (h, c) = lstm_triton.lstm(x, *layer.parameters(), hx=(h0, c0), fusion="step", backend="triton")
+    ry, (rh, rc) = layer(x, (h0[None], c0[None]))
+    assert rel_err(y, ry) <= 1e-5 and rel_err(h, rh[0]) <= 1e-5 and rel_err(c, rc[0]) <= 1e-5
+    ty, _ = lstm_triton.lstm(x, *layer.parameters(), hx=(h0, c0), backend="torch")
+    assert rel_err(ty, ry) <= 1e-6
+
+
+INTERPRETED = DEVICE == "cpu"
+
+
+@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_inputs_with_fp32_state(fusion, dtype):
+    if INTERPRETED and dtype == torch.bfloat16 and fusion != "cell":
+        pytest.skip("the Triton interpreter has no bf16 tl.dot; bf16 is checked on CUDA (bench/gpu_check.sh)")
+    errors = compare_with_nn(fusion, 7, 3, 5, 20, dtype=dtype)
+    assert_close(errors, dtype)
