@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lstm_triton.kernels.buffers import set_poison
+from lstm_triton.kernels.launch_config import use_gpu_tiles
 from torch import nn
 
 import lstm_triton
@@ -82,13 +83,23 @@ SHAPES = {
     "B1": (6, 1, 5, 20),
     "I1-H1": (4, 2, 1, 1),
     "H40-two-tiles": (5, 4, 7, 40),
-    "B37-two-batch-tiles": (3, 37, 4, 18),
+    "B37": (3, 37, 4, 18),
+    "B70-two-batch-tiles": (2, 70, 3, 20),
+    "H300-several-wide-tiles": (2, 2, 3, 300),
 }
+
+
+@pytest.fixture(params=["gpu-tiles", "interpreter-tiles"] if DEVICE == "cpu" else ["gpu-tiles"])
+def tiles(request):
+    """Under the interpreter, run both the GPU's tile sizes and the interpreter's wide tiles."""
+    use_gpu_tiles(request.param == "gpu-tiles")
+    yield request.param
+    use_gpu_tiles(False)
 
 
 @pytest.mark.parametrize("fusion", LEVELS)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_single_layer_matches_nn_lstm(fusion, shape):
+def test_single_layer_matches_nn_lstm(fusion, shape, tiles):
     assert_close(compare_with_nn(fusion, *shape))
 
 
@@ -103,12 +114,16 @@ def test_module_features_match_nn_lstm(fusion, variant):
     assert_close(compare_with_nn(fusion, 5, 3, 4, 12, **variant))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(fusion=st.sampled_from(LEVELS), T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 9),
-       H=st.integers(1, 33), seed=st.integers(0, 2**16))
-def test_random_shapes_match_nn_lstm(fusion, T, B, I, H, seed):
+       H=st.integers(1, 70), seed=st.integers(0, 2**16), gpu_tiles=st.booleans())
+def test_random_shapes_match_nn_lstm(fusion, T, B, I, H, seed, gpu_tiles):
     set_poison(True)
-    assert_close(compare_with_nn(fusion, T, B, I, H, seed=seed))
+    use_gpu_tiles(gpu_tiles)
+    try:
+        assert_close(compare_with_nn(fusion, T, B, I, H, seed=seed))
+    finally:
+        use_gpu_tiles(False)
 
 
 def test_dropout_between_layers_is_random_in_training_and_off_in_eval():
