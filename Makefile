@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q bench --benchmark-disable --bench-profile=tiny -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,12 @@
 Every implementation starts from the same weights for the same seed: the canonical weights are
 drawn once in the seed's layout (``randn * 0.01``, zero biases) and converted exactly, so that
 perplexity curves are comparable. ``init="torch"`` uses nn.LSTM/nn.Linear default init instead.
+
+With the seed's init the *model* is the seed's too: one bias per gate. nn.LSTM's layout has two
+(``bias_ih + bias_hh``); SGD on both moves their sum twice as fast as SGD on one bias, and the
+gradient-norm clipping counts that gradient twice, so the nn-layout layers train ``bias_ih`` only
+and keep ``bias_hh`` frozen at zero. Then every implementation follows the same trajectory, not
+just the same first forward pass.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ def build_char_lm(
 
         layer = LSTM(vocab_size, hidden_size, fusion=fusion)
         layer.load_state_dict(weights)
+    if init == "seed" and impl != "naive":
+        for name, param in layer.named_parameters():
+            if name.startswith("bias_hh"):
+                param.requires_grad_(False)  # the seed's single bias lives in bias_ih
     model = CharLM(layer, vocab_size)
     model.linear.load_state_dict(head.state_dict())
     return model.to(device)

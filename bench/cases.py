@@ -1,0 +1,121 @@
+"""What gets benchmarked, per profile: shapes (named and swept), modes, dtypes, rounds, epochs.
+
+Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in minutes:
+Triton providers run under the interpreter there, at the d2l shape only, as correctness runs),
+``tiny`` (CI: every code path once, in seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+MODES = ("forward", "forward_backward", "train_step")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str  # "d2l", "large", or the sweep axis ("batch", "hidden", "seq_len")
+    T: int
+    B: int
+    I: int
+    H: int
+
+    @property
+    def sweep_value(self) -> int | None:
+        return {"batch": self.B, "hidden": self.H, "seq_len": self.T}.get(self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-T{self.T}-B{self.B}-I{self.I}-H{self.H}"
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    epochs: int
+    hidden_size: int = 256
+    batch_size: int = 32
+    num_steps: int = 35
+    max_tokens: int = 10_000
+    val_tokens: int = 5_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    named: tuple[Shape, ...]  # benchmarked in every mode
+    sweeps: tuple[Shape, ...]  # forward_backward only
+    dtypes: tuple[str, ...]
+    rounds: int
+    e2e: E2EConfig
+    interpreted_shapes: tuple[str, ...] = ("d2l",)  # where interpreted Triton providers still run
+    e2e_dtypes: tuple[str, ...] = field(default=("fp32",))
+
+
+def _sweep(axis: str, values, T: int, B: int, H: int, I: int | None = None) -> tuple[Shape, ...]:
+    shapes = []
+    for v in values:
+        t, b, h = (v, B, H) if axis == "seq_len" else ((T, v, H) if axis == "batch" else (T, B, v))
+        shapes.append(Shape(axis, t, b, I if I is not None else h, h))
+    return tuple(shapes)
+
+
+D2L = Shape("d2l", T=35, B=32, I=28, H=256)
+LARGE = Shape("large", T=1024, B=16, I=768, H=768)
+
+PROFILES = {
+    "gpu": Profile(
+        "gpu", named=(D2L, LARGE),
+        sweeps=_sweep("batch", (1, 4, 16, 64, 256), 128, 0, 256)
+        + _sweep("hidden", (64, 128, 256, 512, 768, 1024), 128, 16, 0)
+        + _sweep("seq_len", (16, 64, 256, 1024), 0, 16, 256),
+        dtypes=("fp32", "bf16"), rounds=20, e2e=E2EConfig(epochs=500),
+    ),
+    "cpu": Profile(
+        "cpu", named=(D2L, LARGE),
+        sweeps=_sweep("batch", (4, 16, 64), 35, 0, 128)
+        + _sweep("hidden", (64, 128, 256, 512), 35, 16, 0)
+        + _sweep("seq_len", (16, 64, 256), 0, 16, 128),
+        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=10),
+    ),
+    "tiny": Profile(
+        "tiny", named=(Shape("d2l", 5, 3, 7, 20),),
+        sweeps=_sweep("batch", (1, 3), 4, 0, 12) + _sweep("hidden", (8, 17), 4, 2, 0)
+        + _sweep("seq_len", (2, 5), 0, 2, 12),
+        dtypes=("fp32",), rounds=1,
+        e2e=E2EConfig(epochs=2, hidden_size=16, batch_size=4, num_steps=6, max_tokens=400, val_tokens=120),
+        interpreted_shapes=("d2l", "batch", "hidden", "seq_len"),
+    ),
+}
+
+
+def resolve_profile(name: str) -> Profile:
+    if name == "auto":
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PROFILES:
+        raise ValueError(f"--bench-profile must be one of auto, {', '.join(PROFILES)}, got {name!r}")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    provider: str
+    mode: str
+    shape: Shape
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}-{self.mode}-{self.shape.label}-{self.dtype}"
+
+
+def layer_cases(profile: Profile, providers) -> list[LayerCase]:
+    cases = []
+    for dtype in profile.dtypes:
+        for shape in profile.named:
+            cases += [LayerCase(p, m, shape, dtype) for m in MODES for p in providers]
+        for shape in profile.sweeps:
+            cases += [LayerCase(p, "forward_backward", shape, dtype) for p in providers]
+    return cases

@@ -1,0 +1,70 @@
+"""pytest-benchmark set-up for the suite: profile option, skipping rules, shared fixtures.
+
+    pytest bench --benchmark-only [--bench-profile auto|gpu|cpu|tiny] --benchmark-json out.json
+    pytest bench --benchmark-disable --bench-profile tiny     # CI: run every path once, untimed
+
+Without --benchmark-only or --benchmark-disable, every benchmark is skipped.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
+
+from bench.cases import layer_cases, resolve_profile  # noqa: E402
+from bench.machine import machine_info  # noqa: E402
+from bench.providers import PROVIDERS  # noqa: E402
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("lstm-triton bench")
+    group.addoption("--bench-profile", default="auto", help="auto (gpu if CUDA else cpu), gpu, cpu or tiny")
+    group.addoption("--bench-providers", default=",".join(PROVIDERS), help="comma-separated providers")
+
+
+def _profile(config):
+    return resolve_profile(config.getoption("--bench-profile"))
+
+
+def _providers(config):
+    chosen = [p.strip() for p in config.getoption("--bench-providers").split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PROVIDERS))
+    if unknown:
+        raise pytest.UsageError(f"--bench-providers: unknown {unknown}; choose from {', '.join(PROVIDERS)}")
+    # nn first: the others' end-to-end perplexity is compared with it in the same run.
+    return sorted(chosen, key=lambda p: (p != "nn", PROVIDERS.index(p)))
+
+
+def pytest_generate_tests(metafunc):
+    config = metafunc.config
+    if "layer_case" in metafunc.fixturenames:
+        cases = layer_cases(_profile(config), _providers(config))
+        metafunc.parametrize("layer_case", cases, ids=[c.id for c in cases])
+    if "e2e_provider" in metafunc.fixturenames:
+        metafunc.parametrize("e2e_provider", _providers(config))
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--benchmark-only", False) or config.getoption("--benchmark-disable", False):
+        return
+    skip = pytest.mark.skip(reason="benchmarks run with `pytest bench --benchmark-only` (or --benchmark-disable)")
+    for item in items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def profile(request):
+    return _profile(request.config)
+
+
+@pytest.fixture(scope="session")
+def device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def machine(device):
+    return machine_info(device)

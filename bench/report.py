@@ -1,0 +1,322 @@
+"""Turn pytest-benchmark's JSON into the long-format CSV, PNG plots and summary.md.
+
+    python -m bench.report results/benchmark.json --out results
+
+CSV: one row per provider × mode × metric × x value, with p50/p20/p80, unit, the config as
+JSON, device, library versions and a timestamp. Interpreter runs (Triton on CPU) are labelled
+``interpreted`` and are never used for a speed figure: plots leave them out and the summary
+shows their perplexity but no speedup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PROVIDER_ORDER = ["naive", "nn", "triton-cell", "triton-step", "triton-persistent"]
+CSV_COLUMNS = ["provider", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit", "dtype", "shape",
+               "T", "B", "I", "H", "interpreted", "config", "device", "torch", "triton", "cudnn", "timestamp"]
+
+
+def _quantiles(stats: dict) -> tuple[float, float, float]:
+    """(p50, p20, p80) of the round times in seconds; quartiles if the raw data was not saved."""
+    data = stats.get("data")
+    if data:
+        p20, p50, p80 = np.quantile(np.asarray(data, dtype=float), [0.2, 0.5, 0.8])
+        return float(p50), float(p20), float(p80)
+    return stats["median"], stats["q1"], stats["q3"]
+
+
+def _common(info: dict, timestamp: str) -> dict:
+    m = info.get("machine", {})
+    return {"provider": info["provider"], "mode": info["mode"], "dtype": info.get("dtype"),
+            "shape": info.get("shape"), "interpreted": bool(info.get("interpreted")), "device": m.get("device"),
+            "torch": m.get("torch"), "triton": m.get("triton"), "cudnn": m.get("cudnn"), "timestamp": timestamp}
+
+
+def _layer_rows(bench: dict, timestamp: str) -> list[dict]:
+    info = bench["extra_info"]
+    base = _common(info, timestamp)
+    base.update({k: info[k] for k in ("T", "B", "I", "H")})
+    swept = info.get("sweep_value") is not None
+    base["x_name"] = info["shape"] if swept else "shape"
+    base["x_value"] = info["sweep_value"] if swept else info["shape"]
+    base["config"] = json.dumps({k: info[k] for k in ("T", "B", "I", "H", "dtype", "tolerance")})
+    p50, p20, p80 = _quantiles(bench["stats"])
+    tokens = info["tokens"]
+    rows = [
+        {**base, "metric": "latency_ms", "p50": p50 * 1e3, "p20": p20 * 1e3, "p80": p80 * 1e3, "unit": "ms"},
+        # a faster round (p20 of time) is a higher throughput (p80 of tokens/s)
+        {**base, "metric": "tokens_per_sec", "p50": tokens / p50, "p20": tokens / p80, "p80": tokens / p20,
+         "unit": "tokens/s"},
+        {**base, "metric": "max_rel_err", "p50": info["max_rel_err"], "unit": "relative"},
+    ]
+    for key, unit in (("kernel_ms", "ms"), ("peak_mem_mb", "MiB")):
+        if info.get(key) is not None:
+            rows.append({**base, "metric": key, "p50": info[key], "unit": unit})
+    return rows
+
+
+def _e2e_rows(bench: dict, timestamp: str) -> list[dict]:
+    info = bench["extra_info"]
+    base = {**_common(info, timestamp), "x_name": "epoch", "config": json.dumps(info["config"]),
+            "T": info["config"]["num_steps"], "B": info["config"]["batch_size"], "H": info["config"]["hidden_size"]}
+    rows = []
+    for epoch in info["epochs"]:
+        for metric, unit in (("train_perplexity", "perplexity"), ("val_perplexity", "perplexity"),
+                             ("tokens_per_sec", "tokens/s"), ("seconds", "s")):
+            value = epoch[metric]
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                rows.append({**base, "x_value": epoch["epoch"], "metric": metric, "p50": value, "unit": unit})
+    return rows
+
+
+def load_long_table(json_path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The long-format table and the raw e2e records (for predictions) from a benchmark JSON."""
+    raw = json.loads(Path(json_path).read_text())
+    timestamp = raw.get("datetime", "")
+    rows, e2e = [], {}
+    for bench in raw["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("mode") == "e2e_training":
+            rows += _e2e_rows(bench, timestamp)
+            e2e[info["provider"]] = info
+        elif "provider" in info:
+            rows += _layer_rows(bench, timestamp)
+    df = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    return df, e2e
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _ordered(providers) -> list[str]:
+    return sorted(set(providers), key=lambda p: PROVIDER_ORDER.index(p) if p in PROVIDER_ORDER else 99)
+
+
+def _empty_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_sweep(df: pd.DataFrame, axis: str, path: Path, device: str) -> None:
+    import matplotlib.pyplot as plt
+
+    data = df[(df["x_name"] == axis) & (df["metric"] == "tokens_per_sec") & ~df["interpreted"]]
+    dtypes = sorted(data["dtype"].dropna().unique()) or ["fp32"]
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.2), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        sub = data[data["dtype"] == dtype]
+        if sub.empty:
+            _empty_note(ax, f"no {axis} sweep measured here\n(Triton under the interpreter is not timed)")
+            continue
+        for provider in _ordered(sub["provider"]):
+            s = sub[sub["provider"] == provider].sort_values("x_value", key=lambda v: v.astype(float))
+            x = s["x_value"].astype(float)
+            ax.plot(x, s["p50"], marker="o", label=provider)
+            ax.fill_between(x, s["p20"], s["p80"], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel({"batch": "batch size B", "hidden": "hidden size H (= input size)",
+                       "seq_len": "sequence length T"}[axis])
+        ax.set_ylabel("tokens/s (forward+backward, median)")
+        ax.set_title(f"{dtype}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"LSTM layer throughput vs {axis} — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Median-latency speedup over nn.LSTM for the named shapes, timed providers only."""
+    lat = df[(df["metric"] == "latency_ms") & (df["x_name"] == "shape") & ~df["interpreted"]]
+    if lat.empty:
+        return pd.DataFrame(columns=["shape", "mode", "dtype", "provider", "latency_ms", "speedup_vs_nn"])
+    nn = lat[lat["provider"] == "nn"].set_index(["shape", "mode", "dtype"])["p50"]
+    out = lat[["shape", "mode", "dtype", "provider", "p50"]].rename(columns={"p50": "latency_ms"}).copy()
+    keys = list(zip(out["shape"], out["mode"], out["dtype"]))
+    out["speedup_vs_nn"] = [nn.get(k, np.nan) / v for k, v in zip(keys, out["latency_ms"])]
+    return out
+
+
+def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
+    import matplotlib.pyplot as plt
+
+    table = speedup_table(df)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    if table.empty:
+        _empty_note(ax, "no timed providers")
+    else:
+        table["case"] = table["shape"] + " " + table["mode"] + " " + table["dtype"]
+        wide = table.pivot_table(index="case", columns="provider", values="speedup_vs_nn")
+        wide = wide[_ordered(wide.columns)]
+        wide.plot.bar(ax=ax, rot=30)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup over nn.LSTM (median latency)")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.set_title(f"Speedup over nn.LSTM — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_perplexity(df: pd.DataFrame, path: Path, device: str) -> None:
+    import matplotlib.pyplot as plt
+
+    data = df[df["mode"] == "e2e_training"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if data.empty:
+        _empty_note(ax, "no end-to-end training run")
+    for provider in _ordered(data["provider"]):
+        sub = data[data["provider"] == provider]
+        tag = " (interpreter)" if sub["interpreted"].any() else ""
+        for metric, style in (("train_perplexity", "-"), ("val_perplexity", "--")):
+            s = sub[sub["metric"] == metric].sort_values("x_value")
+            if not s.empty:
+                ax.plot(s["x_value"].astype(float), s["p50"], style,
+                        label=f"{provider}{tag} {'train' if metric.startswith('train') else 'validation'}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    if not data.empty:
+        ax.legend(fontsize=8)
+    ax.set_title(f"Char LM on The Time Machine, identical weights and data — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def headline_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per provider: e2e tokens/s, speedups over nn and naive, final perplexities, gap to nn."""
+    e2e = df[df["mode"] == "e2e_training"]
+    rows = []
+    for provider in _ordered(e2e["provider"]):
+        sub = e2e[e2e["provider"] == provider]
+        by = {m: sub[sub["metric"] == m].sort_values("x_value") for m in ("train_perplexity", "val_perplexity",
+                                                                         "tokens_per_sec")}
+        rows.append({
+            "provider": provider, "interpreted": bool(sub["interpreted"].any()),
+            "epochs": int(by["train_perplexity"]["x_value"].max()),
+            "tokens_per_sec": float(by["tokens_per_sec"]["p50"].median()),
+            "train_perplexity": float(by["train_perplexity"]["p50"].iloc[-1]),
+            "val_perplexity": float(by["val_perplexity"]["p50"].iloc[-1]) if len(by["val_perplexity"]) else np.nan,
+            "_train_curve": by["train_perplexity"].set_index("x_value")["p50"],
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    timed = table.set_index("provider")["tokens_per_sec"].where(~table.set_index("provider")["interpreted"])
+    for ref in ("nn", "naive"):
+        base = timed.get(ref, np.nan)
+        table[f"speedup_vs_{ref}"] = [t / base if not i else np.nan
+                                      for t, i in zip(table["tokens_per_sec"], table["interpreted"])]
+    nn_curve = table.set_index("provider")["_train_curve"].get("nn")
+    table["ppl_gap_vs_nn"] = [
+        float(((c / nn_curve).dropna() - 1).abs().max()) if nn_curve is not None else np.nan
+        for c in table["_train_curve"]
+    ]
+    return table.drop(columns="_train_curve")
+
+
+def _fmt(value, spec: str, na: str = "—", suffix: str = "") -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return na if missing else format(value, spec) + suffix
+
+
+def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
+    machine = next(iter(e2e.values()))["machine"] if e2e else {}
+    lines = ["# lstm-triton benchmark summary", ""]
+    if machine:
+        lines += [f"Measured on **{machine['device']}** — torch {machine['torch']}, triton {machine['triton']}, "
+                  f"cuDNN {machine['cudnn']}, CUDA {machine['cuda']}; Triton interpreter "
+                  f"{'ON (Triton rows are correctness runs, not timings)' if machine['interpreter'] else 'off'}.",
+                  ""]
+    head = headline_table(df)
+    if not head.empty:
+        cfg = next(iter(e2e.values()))["config"]
+        lines += [f"## End-to-end char-LM training ({int(head['epochs'].max())} epochs, B={cfg['batch_size']}, "
+                  f"T={cfg['num_steps']}, H={cfg['hidden_size']}, fp32, identical weights and data order)", "",
+                  "| provider | tokens/s | speedup vs nn | speedup vs naive | train perplexity | "
+                  "validation perplexity | max perplexity gap vs nn |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in head.itertuples():
+            tok = "interpreter" if r.interpreted else _fmt(r.tokens_per_sec, ",.0f")
+            lines.append(f"| {r.provider} | {tok} | {_fmt(r.speedup_vs_nn, '.2f', suffix='×')} | "
+                         f"{_fmt(r.speedup_vs_naive, '.2f', suffix='×')} | {r.train_perplexity:.3f} | "
+                         f"{_fmt(r.val_perplexity, '.2f')} | {_fmt(r.ppl_gap_vs_nn, '.3%')} |")
+        lines += ["", "Predictions after training (greedy, 50 characters):", ""]
+        for provider, info in e2e.items():
+            for prefix, text in info.get("predictions", {}).items():
+                lines.append(f"- {provider}, '{prefix}': `{text}`")
+        lines.append("")
+    speed = speedup_table(df)
+    if not speed.empty:
+        lines += ["## One layer, median latency (speedup over nn.LSTM)", "",
+                  "| shape | mode | dtype | " + " | ".join(_ordered(speed["provider"])) + " |",
+                  "|---|---|---|" + "---:|" * speed["provider"].nunique()]
+        for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
+            cells = []
+            for provider in _ordered(speed["provider"]):
+                row = grp[grp["provider"] == provider]
+                cells.append("—" if row.empty else
+                             f"{row['latency_ms'].iloc[0]:.3g} ms ({_fmt(row['speedup_vs_nn'].iloc[0], '.2f', suffix='×')})")
+            lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(cells) + " |")
+        lines.append("")
+    interp = df[df["interpreted"] & (df["metric"] == "max_rel_err")]
+    if not interp.empty:
+        worst = interp.groupby("provider")["p50"].max()
+        lines += ["Interpreted Triton providers were checked against float64 nn.LSTM in the same run "
+                  "(worst relative error: " + ", ".join(f"{p} {v:.1e}" for p, v in worst.items()) + ").", ""]
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def build_reports(json_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write results.csv, the PNG plots and summary.md into ``out_dir``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df, e2e = load_long_table(json_path)
+    device = str(df["device"].dropna().iloc[0]) if df["device"].notna().any() else "unknown device"
+    paths = {"csv": out / "results.csv", "summary": out / "summary.md"}
+    df.to_csv(paths["csv"], index=False)
+    for axis in ("batch", "hidden", "seq_len"):
+        paths[f"sweep_{axis}"] = out / f"throughput_vs_{axis}.png"
+        plot_sweep(df, axis, paths[f"sweep_{axis}"], device)
+    paths["speedup"] = out / "speedup_vs_nn.png"
+    plot_speedup(df, paths["speedup"], device)
+    paths["perplexity"] = out / "perplexity.png"
+    plot_perplexity(df, paths["perplexity"], device)
+    write_summary(df, e2e, paths["summary"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build CSV, plots and summary.md from pytest-benchmark JSON")
+    parser.add_argument("json", help="file written by pytest --benchmark-json")
+    parser.add_argument("--out", default="results", help="output folder (default: results)")
+    args = parser.parse_args(argv)
+    paths = build_reports(args.json, args.out)
+    print(paths["summary"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

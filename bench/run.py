@@ -1,0 +1,51 @@
+"""``make bench``: run the benchmark suite, then build the reports.
+
+    python -m bench.run [--out results] [--profile auto|gpu|cpu|tiny] [--providers nn,triton-step]
+
+Runs ``pytest bench --benchmark-only`` with the chosen profile (auto: gpu with CUDA, else cpu),
+saves pytest-benchmark's JSON as ``OUT/benchmark.json``, then writes ``OUT/results.csv``, the PNG
+plots and ``OUT/summary.md``. Exits with pytest's status, after writing whatever was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.report import build_reports
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--profile", default="auto", choices=("auto", "gpu", "cpu", "tiny"))
+    parser.add_argument("--providers", default=None, help="comma-separated subset of the providers")
+    args, extra = parser.parse_known_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "benchmark.json"
+    pytest_args = [str(BENCH_DIR), "--benchmark-only", f"--bench-profile={args.profile}",
+                   f"--benchmark-json={json_path}", "--benchmark-save-data", "--benchmark-columns=median,rounds",
+                   "-p", "no:cacheprovider", "-q", "-rs", "-s", *extra]
+    if args.providers:
+        pytest_args.append(f"--bench-providers={args.providers}")
+    start = time.perf_counter()
+    status = pytest.main(pytest_args)
+    print(f"benchmarks took {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if not json_path.exists():
+        print(f"bench: pytest wrote no {json_path} (exit {int(status)})", file=sys.stderr)
+        return int(status) or 1
+    paths = build_reports(json_path, out)
+    print(paths["summary"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

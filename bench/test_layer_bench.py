@@ -1,0 +1,51 @@
+"""One LSTM layer, provider × mode × shape × dtype: latency (pytest-benchmark), kernel latency
+(do_bench median, CUDA), peak memory (CUDA), and a float64 correctness check in the same run."""
+
+import pytest
+import torch
+
+from bench.cases import DTYPES
+from bench.measure import (
+    check_against_reference,
+    kernel_latency_ms,
+    make_inputs,
+    operation,
+    peak_memory_mb,
+    tolerance,
+)
+from bench.providers import build_layer, reference_weights, status
+
+WEIGHTS_SEED = 0
+
+
+def test_layer(benchmark, layer_case, profile, device, machine):
+    case, shape = layer_case, layer_case.shape
+    dtype = DTYPES[case.dtype]
+    st = status(case.provider, device, dtype)
+    if not st.available:
+        pytest.skip(f"{case.provider}: {st.reason}")
+    if st.interpreted and shape.name not in profile.interpreted_shapes:
+        pytest.skip(f"{case.provider} runs under the Triton interpreter here: correctness only, at "
+                    f"{'/'.join(profile.interpreted_shapes)} (interpreter timings are not performance figures)")
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("bf16 is benchmarked on CUDA only")
+
+    weights = reference_weights(shape.I, shape.H, WEIGHTS_SEED)
+    layer = build_layer(case.provider, weights, device, dtype)
+    errors = check_against_reference(layer, case.mode, shape.T, shape.B, shape.I, shape.H, device, dtype,
+                                     WEIGHTS_SEED)
+    tol = tolerance(dtype, device)
+
+    inputs = make_inputs(shape.T, shape.B, shape.I, shape.H, device, dtype, seed=1)
+    run = operation(case.mode, layer, inputs, device)
+    run()  # warm-up outside the clock: compilation, allocator, cuDNN plans
+    benchmark.extra_info.update({
+        "provider": case.provider, "mode": case.mode, "shape": shape.name, "T": shape.T, "B": shape.B,
+        "I": shape.I, "H": shape.H, "dtype": case.dtype, "sweep_value": shape.sweep_value,
+        "tokens": shape.T * shape.B, "interpreted": st.interpreted, "rel_err": errors,
+        "max_rel_err": max(errors.values()), "tolerance": tol, "machine": machine,
+        "kernel_ms": kernel_latency_ms(run, device), "peak_mem_mb": peak_memory_mb(run, device),
+    })
+    benchmark.pedantic(run, rounds=profile.rounds, warmup_rounds=1, iterations=1)
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"{case.provider} disagrees with float64 nn.LSTM beyond {tol}: {bad}"
