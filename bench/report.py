@@ -271,8 +271,11 @@ def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
             cells = []
             for provider in _ordered(speed["provider"]):
                 row = grp[grp["provider"] == provider]
-                cells.append("—" if row.empty else
-                             f"{row['latency_ms'].iloc[0]:.3g} ms ({_fmt(row['speedup_vs_nn'].iloc[0], '.2f', suffix='×')})")
+                if row.empty:
+                    cells.append("—")
+                    continue
+                speedup = _fmt(row["speedup_vs_nn"].iloc[0], ".2f", suffix="×")
+                cells.append(f"{row['latency_ms'].iloc[0]:.3g} ms ({speedup})")
             lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(cells) + " |")
         lines.append("")
     interp = df[df["interpreted"] & (df["metric"] == "max_rel_err")]

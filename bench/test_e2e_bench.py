@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from bench.providers import IMPL_OF, status
 from lstm_triton.model import predict
-from lstm_triton.train import Trainer, TrainConfig
+from lstm_triton.train import TrainConfig, Trainer
 
 PPL_TOLERANCE = 0.01
 _nn_perplexity: dict[int, float] = {}  # epoch -> nn.LSTM's training perplexity, this session

@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lstm_triton.kernels.buffers import set_poison
-from lstm_triton.kernels.launch_config import use_gpu_tiles
 from torch import nn
 
 import lstm_triton
+from lstm_triton.kernels.buffers import set_poison
+from lstm_triton.kernels.launch_config import use_gpu_tiles
 
 from .helpers import rel_err
 
