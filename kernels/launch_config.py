@@ -100,3 +100,82 @@ def reachable_pointwise_configs(max_elements: int = 1 << 16) -> list[PointwiseCo
     assert not _interpreter_tiles(), "GPU configurations are only enumerated with the interpreter off"
     sizes = [1 << p for p in range(max_elements.bit_length())]
     return sorted({pointwise_config(n) for n in sizes}, key=lambda c: c.block)
+
+
+# ----------------------------------------------------------------------------- persistent level
+
+MAX_SPINS = 1 << 22  # barrier polls before a program gives up and flags a timeout (seconds, not a hang)
+PERSISTENT_MAX_BATCH = 64  # one batch tile per program
+PERSISTENT_MAX_HIDDEN = 1024
+# Shared memory a persistent program may use, by compute-capability major: an H100/H200 block gets
+# at most 227 KB, an A100 block 163 KB; keep a margin. The compiler stages the W_hh slice and the
+# h (or dG) operand tile there: estimate = (4·BLOCK_K·BLOCK_H + BLOCK_B·BLOCK_K)·elt + 4 KB, which
+# matches what the AOT report reads from the cubins (lstm-triton kernels).
+SHARED_BUDGET = {8: 160 * 1024, 9: 220 * 1024}
+SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (AOT enumeration)
+
+
+@dataclass(frozen=True)
+class PersistentConfig:
+    """One program per BLOCK_H hidden units (all four gates), all B rows in one BLOCK_B tile,
+    the W_hh slice held as four (BLOCK_K × BLOCK_H) tiles with BLOCK_K = next_pow2(H)."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+def _device_limits(device) -> tuple[int, int]:
+    """(compute-capability major, SM count) of a CUDA device."""
+    props = torch.cuda.get_device_properties(device)
+    return props.major, props.multi_processor_count
+
+
+def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *,
+                      arch: int | None = None, sms: int | None = None) -> tuple[PersistentConfig | None, str]:
+    """The persistent launch for (B, H, dtype), or ``(None, reason)`` when it cannot hold it.
+
+    ``arch``/``sms`` override the device (AOT enumeration without a GPU)."""
+    if batch > PERSISTENT_MAX_BATCH:
+        return None, f"B={batch} > {PERSISTENT_MAX_BATCH}: the persistent kernel keeps all rows in one tile"
+    if hidden > PERSISTENT_MAX_HIDDEN:
+        return None, f"H={hidden} > {PERSISTENT_MAX_HIDDEN}: the W_hh slice would not stay on chip"
+    # Two batch tiles (16, 64) and K tiles from 64 up keep the set of compiled variants small
+    # (every one is compiled ahead of time in the tests); masks cover the padding.
+    block_b = 16 if batch <= 16 else PERSISTENT_MAX_BATCH
+    block_k = _pow2(hidden, 64, PERSISTENT_MAX_HIDDEN)
+    if arch is None and _interpreter_tiles():
+        return PersistentConfig(block_b, block_k, block_k, 4), "interpreter: one program owns every unit"
+    if arch is None and interpreter_on():
+        return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
+    if arch is None:
+        if device is None or torch.device(device).type != "cuda":
+            return None, "the persistent kernel needs a CUDA device (or the interpreter)"
+        arch, sms = _device_limits(device)
+    sms = sms or SM_COUNT.get(arch, 108)
+    budget = SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
+    elt = torch.finfo(dtype).bits // 8
+    block_h = 16
+    while triton.cdiv(hidden, block_h) > sms:  # more units per program until the grid fits the SMs
+        block_h *= 2
+    w_bytes = 4 * block_k * block_h * elt
+    shared = w_bytes + block_b * block_k * elt + 4096
+    if shared > budget:
+        return None, (f"W_hh slice ({w_bytes // 1024} KB) and operand tile need ~{shared // 1024} KB of shared "
+                      f"memory per program, over the {budget // 1024} KB budget of sm_{arch}0")
+    num_warps = 4 if w_bytes <= 32 * 1024 else 8
+    return PersistentConfig(block_b, block_h, block_k, num_warps), (
+        f"{triton.cdiv(hidden, block_h)} programs ≤ {sms} SMs, ~{shared // 1024} KB shared memory each")
+
+
+def reachable_persistent_configs(arch: int) -> list[tuple[PersistentConfig, torch.dtype]]:
+    """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch``."""
+    seen = set()
+    for dt in DTYPES:
+        for b in (1, 17):
+            for h in range(16, PERSISTENT_MAX_HIDDEN + 1, 16):
+                cfg, _ = persistent_config(b, h, dt, arch=arch)
+                if cfg is not None:
+                    seen.add((cfg, dt))
+    return sorted(seen, key=lambda cd: (str(cd[1]), cd[0].block_k, cd[0].block_b, cd[0].block_h))

@@ -13,6 +13,7 @@ import torch
 from torch.autograd import Function
 
 from .kernels.lstm_cell import cell_backward, cell_forward
+from .kernels.lstm_persistent import persistent_backward, persistent_forward
 from .kernels.lstm_step import step_backward, step_forward
 
 
@@ -78,4 +79,18 @@ class LSTMStepFunction(Function):
         return _backward(ctx, step_backward, dy, dh_n, dc_n)
 
 
-FUNCTIONS: dict[str, type[Function]] = {"cell": LSTMCellFunction, "step": LSTMStepFunction}
+class LSTMPersistentFunction(Function):
+    """Level "persistent": one Triton launch for the whole sequence, W_hh slices kept on chip."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return _forward(ctx, persistent_forward, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        return _backward(ctx, persistent_backward, dy, dh_n, dc_n)
+
+
+FUNCTIONS: dict[str, type[Function]] = {
+    "cell": LSTMCellFunction, "step": LSTMStepFunction, "persistent": LSTMPersistentFunction,
+}

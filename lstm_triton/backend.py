@@ -12,12 +12,12 @@ import logging
 
 import torch
 
-from .kernels.launch_config import interpreter_on
+from .kernels.launch_config import interpreter_on, persistent_config
 
 log = logging.getLogger("lstm_triton")
 
 BACKENDS = ("auto", "triton", "torch")
-FUSIONS = ("auto", "cell", "step")
+FUSIONS = ("auto", "cell", "step", "persistent")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -51,12 +51,20 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
     return "triton"
 
 
-def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device) -> str:
-    """Resolve ``fusion='auto'`` for one layer call of shape (batch, hidden)."""
+def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device, *,
+                  arch: int | None = None, sms: int | None = None) -> str:
+    """Resolve ``fusion`` for one layer call of shape (batch, hidden).
+
+    ``auto``: persistent when its launch fits (one batch tile, the W_hh slice within the
+    architecture's on-chip budget, grid ≤ SM count), else step. ``persistent`` for a size it
+    cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
+    """
     check_choice("fusion", requested, FUSIONS)
-    if requested != "auto":
+    if requested in ("cell", "step"):
         return requested
-    # The step kernel keeps all four gates of a hidden slice in one program and needs no
-    # separate GEMM launch; it is the better default until measurements on a GPU say otherwise.
-    log.debug("fusion auto -> step: B=%d H=%d %s on %s", batch, hidden, dtype, device.type)
+    cfg, reason = persistent_config(batch, hidden, dtype, device, arch=arch, sms=sms)
+    if cfg is not None:
+        log.debug("fusion %s -> persistent: B=%d H=%d %s: %s", requested, batch, hidden, dtype, reason)
+        return "persistent"
+    log.debug("fusion %s -> step: B=%d H=%d %s: persistent does not fit (%s)", requested, batch, hidden, dtype, reason)
     return "step"

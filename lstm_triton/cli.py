@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the d2l char LSTM language model")
     t.add_argument("--impl", choices=IMPLS, default="nn", help="LSTM implementation (default: nn)")
-    t.add_argument("--fusion", choices=("auto", "cell", "step"), default="auto",
+    t.add_argument("--fusion", choices=("auto", "cell", "step", "persistent"), default="auto",
                    help="fusion level for --impl triton (default: auto)")
     t.add_argument("--epochs", type=_positive_int, default=500)
     t.add_argument("--lr", type=_positive_float, default=1.0)

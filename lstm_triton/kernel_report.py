@@ -23,13 +23,24 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .kernels import lstm_cell, lstm_step
+from .kernels import lstm_cell, lstm_persistent, lstm_step
 from .kernels.launch_config import (
+    MAX_SPINS,
+    SM_COUNT,
     dot_precision,
+    persistent_config,
+    reachable_persistent_configs,
     reachable_pointwise_configs,
     reachable_step_configs,
     step_config,
 )
+
+KERNELS = {fn.__name__: fn for fn in (
+    lstm_cell.cell_forward_kernel, lstm_cell.cell_backward_kernel,
+    lstm_step.step_forward_kernel, lstm_step.step_backward_kernel,
+    lstm_persistent.persistent_forward_kernel, lstm_persistent.persistent_backward_kernel,
+)}
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory per block
 
 TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # Which pointer arguments carry the input dtype (the rest are fp32 state/activations).
@@ -38,7 +49,10 @@ DT_POINTERS = {
     "cell_backward_kernel": {"dh_rec_ptr", "dg_ptr"},
     "step_forward_kernel": {"h_prev_ptr", "w_ptr", "y_ptr"},
     "step_backward_kernel": {"dg_next_ptr", "w_ptr", "dg_ptr"},
+    "persistent_forward_kernel": {"w_ptr", "hbuf_ptr"},
+    "persistent_backward_kernel": {"w_ptr", "dg_ptr"},
 }
+INT_POINTERS = {"counter_ptr", "flag_ptr"}
 
 
 @dataclass
@@ -53,7 +67,10 @@ class KernelBuild:
     spill_bytes: int = -1  # local memory per thread (register spills)
     stack_bytes: int = -1
     shared_bytes: int = -1
-    d2l_shape: bool = False  # the config picked for B=32, H=256
+    d2l_shape: bool = False  # the config picked for B=32, H=256, fp32
+    large_shape: bool = False  # the config picked for B=16, H=768, bf16
+    max_programs: int = 0  # persistent: largest grid this config runs (H ≤ BLOCK_K); 0 = no barrier
+    grid_fits_sms: bool = True  # persistent: max_programs ≤ the architecture's SM count
 
 
 def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
@@ -62,7 +79,8 @@ def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
         if param.is_constexpr:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*" + (TYPE[dtype] if name in DT_POINTERS[fn.__name__] else "fp32")
+            kind = "i32" if name in INT_POINTERS else TYPE[dtype] if name in DT_POINTERS[fn.__name__] else "fp32"
+            sig[name] = "*" + kind
             attrs[(idx,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         else:
             sig[name] = "i32"
@@ -90,27 +108,50 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     return build
 
 
-def planned_builds(arch: str) -> list[tuple[KernelBuild, object]]:
-    """(build, kernel) for every configuration reachable from the launchers."""
+def planned_builds(arch: str) -> list[KernelBuild]:
+    """A build for every configuration reachable from the launchers on ``arch``."""
+    major = int(arch.removeprefix("sm_")) // 10
     plans = []
     for cfg in reachable_pointwise_configs():
         for dt in TYPE:
-            for fn in (lstm_cell.cell_forward_kernel, lstm_cell.cell_backward_kernel):
-                build = KernelBuild(fn.__name__, "cell", TYPE[dt], {"BLOCK": cfg.block}, cfg.num_warps, arch)
-                plans.append((build, fn))
+            for name in ("cell_forward_kernel", "cell_backward_kernel"):
+                plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block}, cfg.num_warps, arch))
     for cfg, dt in reachable_step_configs():
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
         for prec in precisions:
             consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec}
-            d2l = cfg == step_config(32, 256, dt) and prec == dot_precision(dt)
-            for fn in (lstm_step.step_forward_kernel, lstm_step.step_backward_kernel):
-                plans.append((KernelBuild(fn.__name__, "step", TYPE[dt], dict(consts), cfg.num_warps, arch,
-                                          d2l_shape=d2l), fn))
+            d2l = cfg == step_config(32, 256, dt) and prec == dot_precision(dt) and dt == torch.float32
+            for name in ("step_forward_kernel", "step_backward_kernel"):
+                plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, d2l_shape=d2l))
+    d2l_cfg = persistent_config(32, 256, torch.float32, arch=major)[0]
+    large_cfg = persistent_config(16, 768, torch.bfloat16, arch=major)[0]
+    for cfg, dt in reachable_persistent_configs(major):
+        precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
+        programs = cfg.block_k // cfg.block_h
+        for prec in precisions:
+            consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec,
+                      "MAX_SPINS": MAX_SPINS}
+            default = prec == dot_precision(dt)
+            for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
+                plans.append(KernelBuild(
+                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch,
+                    d2l_shape=default and dt == torch.float32 and cfg == d2l_cfg,
+                    large_shape=default and dt == torch.bfloat16 and cfg == large_cfg,
+                    max_programs=programs, grid_fits_sms=programs <= SM_COUNT[major]))
     return plans
 
 
-def build_all(arch: str = "sm_90") -> list[KernelBuild]:
-    return [compile_build(build, fn) for build, fn in planned_builds(arch)]
+def _compile_one(build: KernelBuild) -> KernelBuild:
+    return compile_build(build, KERNELS[build.kernel])
+
+
+def build_all(arch: str = "sm_90", workers: int | None = None) -> list[KernelBuild]:
+    """Compile every planned build, in parallel processes (each compile is single-threaded)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    plans = planned_builds(arch)
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(_compile_one, plans))
 
 
 def format_table(builds: list[KernelBuild]) -> str:
@@ -118,8 +159,10 @@ def format_table(builds: list[KernelBuild]) -> str:
 
     df = pd.DataFrame([asdict(b) for b in builds])
     df["constexprs"] = df["constexprs"].map(lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
+    df["shape"] = ["d2l" if d else "large" if g else "" for d, g in zip(df["d2l_shape"], df["large_shape"])]
+    df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "")
     cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes", "shared_bytes",
-            "d2l_shape"]
+            "max_programs", "grid_fits_sms", "shape"]
     return df[cols].to_string(index=False)
 
 

@@ -12,6 +12,8 @@ import sys
 import pandas as pd
 import pytest
 
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory per block
+
 
 @pytest.fixture(scope="module", params=["sm_80", "sm_90"])
 def builds(request):
@@ -19,7 +21,9 @@ def builds(request):
     proc = subprocess.run([sys.executable, "-m", "lstm_triton.kernel_report", "--arch", request.param, "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return pd.DataFrame(json.loads(proc.stdout.splitlines()[-1]))
+    df = pd.DataFrame(json.loads(proc.stdout.splitlines()[-1]))
+    df.attrs["arch"] = request.param
+    return df
 
 
 def test_every_launcher_configuration_compiles(builds, record_property):
@@ -27,15 +31,28 @@ def test_every_launcher_configuration_compiles(builds, record_property):
                     "shared_bytes"]].to_string(index=False)
     print(table)  # shown with -s / -rA: registers, spills and shared memory per configuration
     record_property("kernel_builds", table)
-    assert set(builds["level"]) == {"cell", "step"}
+    assert set(builds["level"]) == {"cell", "step", "persistent"}
     assert set(builds["dtype"]) == {"fp32", "bf16", "fp16"}
     assert (builds["registers"] > 0).all() and (builds["registers"] <= 255).all()
-    assert (builds["shared_bytes"] <= 227 * 1024).all()
+    over = builds[builds["shared_bytes"] > SHARED_LIMIT[builds.attrs["arch"]]]
+    assert over.empty, "shared memory over the per-block limit (launch would fail):\n" + over.to_string()
+
+
+def test_persistent_grids_fit_the_sms(builds):
+    persistent = builds[builds["level"] == "persistent"]
+    assert len(persistent) >= 8 and persistent["grid_fits_sms"].all()
+
+
+def test_auto_picks_a_compiled_persistent_config_for_the_d2l_and_large_shapes(builds):
+    persistent = builds[builds["level"] == "persistent"]
+    assert persistent["d2l_shape"].sum() == 2  # forward + backward kernels
+    if builds.attrs["arch"] == "sm_90":
+        assert persistent["large_shape"].sum() == 2
 
 
 def test_no_spills_at_the_d2l_shape(builds):
     d2l = builds[builds["d2l_shape"]]
-    assert len(d2l) >= 6  # forward and backward step kernels, for each dtype
+    assert len(d2l) == 4  # forward and backward kernels of the step and persistent levels
     spilled = d2l[d2l["spill_bytes"] > 0]
     assert spilled.empty, spilled.to_string()
 

@@ -34,7 +34,7 @@ def test_auto_backend_uses_triton_under_the_interpreter_and_logs_why(caplog, mon
     model = lstm_triton.LSTM(3, 5)
     with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
         model(torch.randn(2, 1, 3))
-    assert "backend auto -> triton" in caplog.text and "fusion auto -> step" in caplog.text
+    assert "backend auto -> triton" in caplog.text and "fusion auto -> persistent" in caplog.text
 
 
 def test_auto_backend_uses_torch_on_cpu_without_the_interpreter(caplog, monkeypatch):
@@ -103,3 +103,21 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
     message = str(actual.value)
     assert "\n" not in message and len(message) < 300
     assert any(word in message for word in ("size", "dtype", "device", "2D or 3D", "3-D", "dimensions")), message
+
+
+@pytest.mark.parametrize("B,H,dtype,arch,sms,expected", [
+    (32, 256, torch.float32, 9, 132, "persistent"),  # the d2l shape on an H100/H200
+    (16, 768, torch.bfloat16, 9, 132, "persistent"),  # B=16, T=1024, I=H=768 (the cuDNN comparison point)
+    (16, 768, torch.float32, 9, 132, "step"),  # fp32 slice of 256 KB does not stay on chip
+    (128, 256, torch.float32, 9, 132, "step"),  # two batch tiles
+    (16, 2048, torch.bfloat16, 9, 132, "step"),  # H beyond the persistent limit
+    (16, 768, torch.bfloat16, 8, 108, "step"),  # A100: 128 KB slice exceeds its budget
+    (32, 256, torch.float32, 8, 108, "persistent"),
+], ids=["d2l-sm90", "large-bf16-sm90", "large-fp32-sm90", "B128", "H2048", "large-bf16-sm80", "d2l-sm80"])
+def test_auto_fusion_choice_on_gpus(B, H, dtype, arch, sms, expected, caplog):
+    from lstm_triton.backend import choose_fusion
+
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        chosen = choose_fusion("auto", B, H, dtype, torch.device("cuda"), arch=arch, sms=sms)
+    assert chosen == expected
+    assert f"fusion auto -> {expected}" in caplog.text

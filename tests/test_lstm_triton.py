@@ -4,6 +4,8 @@ Runs under TRITON_INTERPRET=1 on CPU (fp32 dots are exact there, hence the 1e-5 
 CUDA when a GPU is present (tf32 is off by default in torch, so the same bound holds).
 """
 
+import logging
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,7 +18,7 @@ from lstm_triton.kernels.launch_config import use_gpu_tiles
 
 from .helpers import rel_err
 
-LEVELS = ["cell", "step"]
+LEVELS = ["cell", "step", "persistent"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -100,7 +102,25 @@ def tiles(request):
 @pytest.mark.parametrize("fusion", LEVELS)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_single_layer_matches_nn_lstm(fusion, shape, tiles):
+    if fusion == "persistent" and tiles == "gpu-tiles" and DEVICE == "cpu":
+        pytest.skip("GPU tiles mean several persistent programs: their barrier needs concurrent programs, "
+                    "which the interpreter runs one after another")
     assert_close(compare_with_nn(fusion, *shape))
+
+
+def test_persistent_runs_long_sequences_in_one_launch(caplog):
+    """T=257 through one persistent launch (forward and backward), checked in float64."""
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        errors = compare_with_nn("persistent", 257, 2, 3, 20)
+    assert "fusion persistent -> persistent" in caplog.text
+    assert_close(errors)
+
+
+def test_persistent_falls_back_to_step_when_it_cannot_hold_the_batch(caplog):
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        errors = compare_with_nn("persistent", 2, 70, 3, 9)
+    assert "fusion persistent -> step" in caplog.text and "B=70 > 64" in caplog.text
+    assert_close(errors)
 
 
 @pytest.mark.parametrize("fusion", LEVELS)

@@ -7,7 +7,7 @@ from lstm_triton.cli import main
 from .helpers import char_lm_losses, max_rel_diff
 
 
-@pytest.mark.parametrize("fusion", ["cell", "step"])
+@pytest.mark.parametrize("fusion", ["cell", "step", "persistent"])
 def test_triton_char_lm_trains_like_nn_lstm_for_20_steps(fusion):
     ours, ref = char_lm_losses("triton", fusion=fusion), char_lm_losses("nn")
     assert ref[-1] < ref[0]

@@ -1,0 +1,211 @@
+"""Fusion level "persistent": ONE launch runs the whole sequence.
+
+Program p owns hidden units ``p*BLOCK_H … p*BLOCK_H + BLOCK_H − 1`` (all four gates of them) and
+all batch rows (one batch tile, B ≤ BLOCK_B). It loads its slice of W_hh once, before the time
+loop, and keeps it on chip (the compiler places it in registers / shared memory); c stays in
+registers. Each step it reads the full h_{t-1} (written by every program in the previous step)
+from global memory, computes its gates, writes its slice of h_t, and waits at a grid-wide
+barrier (release-add on a counter, acquire-spin until all programs arrived) before step t+1.
+
+The barrier requires every program to be resident at once: the launcher keeps the grid at or
+below the SM count (one program per SM). Under the interpreter programs run one after another,
+so there the grid is one program: the same code, the barrier trivially satisfied. A spin limit
+turns a would-be deadlock into an error flag that the host turns into an exception.
+
+Forward W slice, gate q:  W_hh[q*H + units, :]ᵀ  (BLOCK_K × BLOCK_H), BLOCK_K = next_pow2(H)
+Backward W slice, gate q: W_hh[q*H + k, units]   (BLOCK_K × BLOCK_H), reduction over all 4H rows
+Buffers as in lstm_step, except ``hbuf (T+1, B, H) dt`` = [h0, h_1 … h_T] (y is ``hbuf[1:]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .buffers import new_buffer
+from .launch_config import MAX_SPINS, dot_precision, persistent_config
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def grid_barrier(counter_ptr, target, flag_ptr, MAX_SPINS: tl.constexpr):
+    """Arrive at the counter and wait until ``target`` arrivals; on timeout set ``*flag_ptr = 1``."""
+    tl.debug_barrier()  # all threads of this program have issued their stores for this step
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    spins = 0
+    while (arrived < target) & (spins < MAX_SPINS):
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        spins += 1
+    if arrived < target:
+        tl.store(flag_ptr, 1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def persistent_forward_kernel(
+    xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,4H) fp32, (4H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
+    counter_ptr, flag_ptr,  # int32 barrier counter (zeroed), int32 timeout flag
+    T, B, H,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    MAX_SPINS: tl.constexpr,
+):
+    rows = tl.arange(0, BLOCK_B)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
+    w_tile = w_ptr + units[None, :] * H + ks[:, None]
+    w_mask = k_ok[:, None] & unit_ok[None, :]
+    w_i = tl.load(w_tile, mask=w_mask, other=0.0)  # loaded once, reused every step
+    w_f = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
+    w_g = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
+    w_o = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    w_ty = w_ptr.dtype.element_ty
+
+    mask = row_ok[:, None] & unit_ok[None, :]
+    h_mask = row_ok[:, None] & k_ok[None, :]
+    state = rows[:, None] * H + units[None, :]
+    gate = rows[:, None] * 4 * H + units[None, :]
+    h_rows = rows[:, None] * H + ks[None, :]
+    c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
+    n_programs = tl.num_programs(0)
+    # Loop-carried base pointers advance by one step (64-bit pointer arithmetic, no overflow).
+    xp_t, h_prev, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr
+    for t in range(T):
+        # .cg: read h from L2, never from this SM's (non-coherent) L1: other programs wrote it.
+        h = tl.load(h_prev + h_rows, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
+        gi = tl.dot(h, w_i, input_precision=PRECISION) + tl.load(xp_t + gate, mask=mask, other=0.0)
+        gf = tl.dot(h, w_f, input_precision=PRECISION) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
+        gg = tl.dot(h, w_g, input_precision=PRECISION) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
+        go = tl.dot(h, w_o, input_precision=PRECISION) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
+        i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c)
+        h_prev += B * H
+        c_t += B * H
+        tl.store(h_prev + state, h_new.to(hbuf_ptr.dtype.element_ty), mask=mask)
+        tl.store(c_t + state, c, mask=mask)
+        tl.store(act_t + gate, i, mask=mask)
+        tl.store(act_t + gate + H, f, mask=mask)
+        tl.store(act_t + gate + 2 * H, g, mask=mask)
+        tl.store(act_t + gate + 3 * H, o, mask=mask)
+        xp_t += 4 * B * H
+        act_t += 4 * B * H
+        grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, MAX_SPINS)
+
+
+@triton.jit
+def persistent_backward_kernel(
+    dy_ptr, w_ptr, act_ptr, c_all_ptr, dg_ptr,  # (T,B,H) fp32, (4H,H) dt, (T,B,4H) fp32, (T+1,B,H) fp32, (T+1,B,4H) dt
+    dc_ptr,  # (B,H) fp32: dL/dc_T in, dL/dc_0 out
+    counter_ptr, flag_ptr,
+    T, B, H,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    MAX_SPINS: tl.constexpr,
+):
+    rows = tl.arange(0, BLOCK_B)
+    units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
+    w_tile = w_ptr + ks[:, None] * H + units[None, :]
+    w_mask = k_ok[:, None] & unit_ok[None, :]
+    w_i = tl.load(w_tile, mask=w_mask, other=0.0)  # W_hh[q*H + k, units], kept for the whole loop
+    w_f = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
+    w_g = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
+    w_o = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+
+    mask = row_ok[:, None] & unit_ok[None, :]
+    a_mask = row_ok[:, None] & k_ok[None, :]
+    state = rows[:, None] * H + units[None, :]
+    gate = rows[:, None] * 4 * H + units[None, :]
+    a_rows = rows[:, None] * 4 * H + ks[None, :]
+    dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
+    out_ty = dg_ptr.dtype.element_ty
+    n_programs = tl.num_programs(0)
+    last = T - 1
+    dg_next = dg_ptr + T * 4 * B * H  # dG_T = 0, written by the host
+    dy_t = dy_ptr + last * B * H
+    act_t = act_ptr + last * 4 * B * H
+    c_t = c_all_ptr + T * B * H
+    for step in range(T):
+        # dh_rec = dG_{t+1} @ W_hh[:, units], one gate block of the 4H reduction at a time (a load
+        # then its dot) so that only one (BLOCK_B × BLOCK_K) operand tile is live at once.
+        a = tl.load(dg_next + a_rows, mask=a_mask, other=0.0, cache_modifier=".cg")
+        dh = tl.dot(a, w_i, input_precision=PRECISION)
+        a = tl.load(dg_next + a_rows + H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        dh = tl.dot(a, w_f, dh, input_precision=PRECISION)
+        a = tl.load(dg_next + a_rows + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        dh = tl.dot(a, w_g, dh, input_precision=PRECISION)
+        a = tl.load(dg_next + a_rows + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        dh = tl.dot(a, w_o, dh, input_precision=PRECISION)
+        dh += tl.load(dy_t + state, mask=mask, other=0.0)
+        i = tl.load(act_t + gate, mask=mask, other=0.0)
+        f = tl.load(act_t + gate + H, mask=mask, other=0.0)
+        g = tl.load(act_t + gate + 2 * H, mask=mask, other=0.0)
+        o = tl.load(act_t + gate + 3 * H, mask=mask, other=0.0)
+        c = tl.load(c_t + state, mask=mask, other=0.0)
+        c_prev = tl.load(c_t - B * H + state, mask=mask, other=0.0)
+        dgi, dgf, dgg, dgo, dc = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
+        dg_next -= 4 * B * H  # now dG_t, the slot this step writes
+        tl.store(dg_next + gate, dgi.to(out_ty), mask=mask)
+        tl.store(dg_next + gate + H, dgf.to(out_ty), mask=mask)
+        tl.store(dg_next + gate + 2 * H, dgg.to(out_ty), mask=mask)
+        tl.store(dg_next + gate + 3 * H, dgo.to(out_ty), mask=mask)
+        dy_t -= B * H
+        act_t -= 4 * B * H
+        c_t -= B * H
+        grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, MAX_SPINS)
+    tl.store(dc_ptr + state, dc, mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device):
+    cfg, reason = persistent_config(B, H, dtype, device)
+    if cfg is None:
+        raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
+    meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, PRECISION=dot_precision(dtype),
+                MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps)
+    return (triton.cdiv(H, cfg.block_h),), meta
+
+
+def _check_barrier(flag: torch.Tensor) -> None:
+    # Asynchronous on CUDA (no host sync); raises at the next synchronisation if the barrier timed out.
+    torch._assert_async(flag == 0, "lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
+
+
+def persistent_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+    """Same contract as :func:`lstm_step.step_forward`; one launch for all T steps."""
+    T, B, H4 = xp.shape
+    H, dt, dev = H4 // 4, w_hh.dtype, xp.device
+    grid, meta = _launch_meta(B, H, dt, dev)
+    hbuf = new_buffer((T + 1, B, H), dt, dev)
+    c_all = new_buffer((T + 1, B, H), torch.float32, dev)
+    acts = new_buffer((T, B, H4), torch.float32, dev)
+    hbuf[0] = h0
+    c_all[0] = c0
+    sync = torch.zeros(2, dtype=torch.int32, device=dev)  # [barrier counter, timeout flag]
+    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts, sync[0:], sync[1:],
+                                    T, B, H, **meta)
+    _check_barrier(sync[1])
+    return hbuf[1:], c_all, acts
+
+
+def persistent_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
+                        acts: torch.Tensor):
+    """Same contract as :func:`lstm_step.step_backward`; one launch for all T steps."""
+    T, B, H = dy.shape
+    dt, dev = w_hh.dtype, dy.device
+    grid, meta = _launch_meta(B, H, dt, dev)
+    dG = new_buffer((T + 1, B, 4 * H), dt, dev)
+    dG[T].zero_()
+    dc = dc_n.float().contiguous().clone()  # dL/dc_T in, dL/dc_0 out
+    sync = torch.zeros(2, dtype=torch.int32, device=dev)
+    w_hh = w_hh.contiguous()
+    persistent_backward_kernel[grid](dy.contiguous(), w_hh, acts, c_all, dG, dc, sync[0:], sync[1:],
+                                     T, B, H, **meta)
+    _check_barrier(sync[1])
+    dh0 = torch.mm(dG[0], w_hh)
+    return dG[:T], dh0, dc
