@@ -53,3 +53,14 @@ def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run):
     wide = ppl.pivot_table(index="x_value", columns="provider", values="p50")
     gap = (wide.div(wide["nn"], axis=0) - 1).abs().max()
     assert (gap <= 0.01).all(), gap
+
+
+def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
+    """bench/gpu_check.py's code paths (race check, accuracy, timing table) on CPU, tiny shapes."""
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "race check (persistent, repeated runs bit-identical): PASS" in proc.stdout
+    timings = pd.read_csv(tmp_path / "timings.csv")
+    assert {"nn", "triton-cell", "triton-step", "triton-persistent"} <= set(timings["provider"])
+    assert (timings["rel_err"] <= 1e-5).all()
