@@ -104,6 +104,12 @@ def reachable_pointwise_configs(max_elements: int = 1 << 16) -> list[PointwiseCo
 
 # ----------------------------------------------------------------------------- persistent level
 
+try:  # cooperative launches (Triton ≥ 3.3 on NVIDIA): the driver refuses a grid that cannot be co-resident
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    COOPERATIVE_LAUNCH = "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__
+except ImportError:  # pragma: no cover - non-NVIDIA builds of triton
+    COOPERATIVE_LAUNCH = False
 MAX_SPINS = 1 << 22  # barrier polls before a program gives up and flags a timeout (seconds, not a hang)
 PERSISTENT_MAX_BATCH = 64  # one batch tile per program
 PERSISTENT_MAX_HIDDEN = 1024
@@ -126,10 +132,11 @@ class PersistentConfig:
     num_warps: int
 
 
-def _device_limits(device) -> tuple[int, int]:
-    """(compute-capability major, SM count) of a CUDA device."""
+def _device_limits(device) -> tuple[int, int, int | None]:
+    """(compute-capability major, SM count, shared-memory budget or None) of a CUDA device."""
     props = torch.cuda.get_device_properties(device)
-    return props.major, props.multi_processor_count
+    optin = getattr(props, "shared_memory_per_block_optin", None)  # 227 KB on H100, 99 KB on sm_89
+    return props.major, props.multi_processor_count, (optin - 7 * 1024) if optin else None
 
 
 def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *,
@@ -149,12 +156,13 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
         return PersistentConfig(block_b, block_k, block_k, 4), "interpreter: one program owns every unit"
     if arch is None and interpreter_on():
         return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
+    budget = None
     if arch is None:
         if device is None or torch.device(device).type != "cuda":
             return None, "the persistent kernel needs a CUDA device (or the interpreter)"
-        arch, sms = _device_limits(device)
+        arch, sms, budget = _device_limits(device)
     sms = sms or SM_COUNT.get(arch, 108)
-    budget = SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
+    budget = budget or SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
     elt = torch.finfo(dtype).bits // 8
     block_h = 16
     while triton.cdiv(hidden, block_h) > sms:  # more units per program until the grid fits the SMs

@@ -19,30 +19,40 @@ Buffers as in lstm_step, except ``hbuf (T+1, B, H) dt`` = [h0, h_1 … h_T] (y i
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from .buffers import new_buffer
-from .launch_config import MAX_SPINS, dot_precision, persistent_config
+from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+
+CHECK_BARRIER_ON_HOST = os.environ.get("LSTM_TRITON_CHECK_BARRIER", "") not in ("", "0")
 
 # ----------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def grid_barrier(counter_ptr, target, flag_ptr, MAX_SPINS: tl.constexpr):
-    """Arrive at the counter and wait until ``target`` arrivals; on timeout set ``*flag_ptr = 1``."""
+def grid_barrier(counter_ptr, target, flag_ptr, budget):
+    """Arrive at the counter and wait until ``target`` arrivals; returns the spin budget left.
+
+    One budget serves the whole kernel: once it is spent the flag is set and no later barrier
+    waits, so a program that never becomes resident costs seconds, not T × seconds. (Triton
+    executes these scalar atomics on one thread and broadcasts the result; the bar.syncs around
+    them order the other threads' stores and loads, as cooperative groups' grid.sync does.)
+    """
     tl.debug_barrier()  # all threads of this program have issued their stores for this step
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    spins = 0
-    while (arrived < target) & (spins < MAX_SPINS):
+    while (arrived < target) & (budget > 0):
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        spins += 1
+        budget -= 1
     if arrived < target:
         tl.store(flag_ptr, 1)
     tl.debug_barrier()
+    return budget
 
 
 @triton.jit
@@ -72,6 +82,7 @@ def persistent_forward_kernel(
     h_rows = rows[:, None] * H + ks[None, :]
     c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
     n_programs = tl.num_programs(0)
+    budget = tl.full([], MAX_SPINS, tl.int32)
     # Loop-carried base pointers advance by one step (64-bit pointer arithmetic, no overflow).
     xp_t, h_prev, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr
     for t in range(T):
@@ -92,12 +103,14 @@ def persistent_forward_kernel(
         tl.store(act_t + gate + 3 * H, o, mask=mask)
         xp_t += 4 * B * H
         act_t += 4 * B * H
-        grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, MAX_SPINS)
+        budget = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, budget)
 
 
 @triton.jit
 def persistent_backward_kernel(
-    dy_ptr, w_ptr, act_ptr, c_all_ptr, dg_ptr,  # (T,B,H) fp32, (4H,H) dt, (T,B,4H) fp32, (T+1,B,H) fp32, (T+1,B,4H) dt
+    # Pointers to the LAST slot of each buffer (computed on the host in 64 bits), walked backwards:
+    dy_last_ptr, act_last_ptr, c_last_ptr, dg_last_ptr,  # dy[T-1] fp32, acts[T-1] fp32, c_all[T] fp32, dG[T] dt (= 0)
+    w_ptr,  # (4H,H) dt
     dc_ptr,  # (B,H) fp32: dL/dc_T in, dL/dc_0 out
     counter_ptr, flag_ptr,
     T, B, H,
@@ -121,13 +134,10 @@ def persistent_backward_kernel(
     gate = rows[:, None] * 4 * H + units[None, :]
     a_rows = rows[:, None] * 4 * H + ks[None, :]
     dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
-    out_ty = dg_ptr.dtype.element_ty
+    out_ty = dg_last_ptr.dtype.element_ty
     n_programs = tl.num_programs(0)
-    last = T - 1
-    dg_next = dg_ptr + T * 4 * B * H  # dG_T = 0, written by the host
-    dy_t = dy_ptr + last * B * H
-    act_t = act_ptr + last * 4 * B * H
-    c_t = c_all_ptr + T * B * H
+    budget = tl.full([], MAX_SPINS, tl.int32)
+    dg_next, dy_t, act_t, c_t = dg_last_ptr, dy_last_ptr, act_last_ptr, c_last_ptr
     for step in range(T):
         # dh_rec = dG_{t+1} @ W_hh[:, units], one gate block of the 4H reduction at a time (a load
         # then its dot) so that only one (BLOCK_B × BLOCK_K) operand tile is live at once.
@@ -155,7 +165,7 @@ def persistent_backward_kernel(
         dy_t -= B * H
         act_t -= 4 * B * H
         c_t -= B * H
-        grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, MAX_SPINS)
+        budget = grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, budget)
     tl.store(dc_ptr + state, dc, mask=mask)
 
 
@@ -167,12 +177,23 @@ def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device):
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, PRECISION=dot_precision(dtype),
-                MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps)
+                MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
+                # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
+                num_stages=1)
+    if COOPERATIVE_LAUNCH:  # the driver refuses a grid whose programs cannot all be resident
+        meta["launch_cooperative_grid"] = True
     return (triton.cdiv(H, cfg.block_h),), meta
 
 
 def _check_barrier(flag: torch.Tensor) -> None:
-    # Asynchronous on CUDA (no host sync); raises at the next synchronisation if the barrier timed out.
+    """A timed-out barrier means garbage results: never let it pass silently.
+
+    With LSTM_TRITON_CHECK_BARRIER=1 the host waits and raises RuntimeError (the GPU check does
+    this); otherwise a device-side assert fires asynchronously, without a host sync per call."""
+    if CHECK_BARRIER_ON_HOST:
+        if int(flag.item()) != 0:
+            raise RuntimeError("lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
+        return
     torch._assert_async(flag == 0, "lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
 
 
@@ -204,7 +225,8 @@ def persistent_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor
     dc = dc_n.float().contiguous().clone()  # dL/dc_T in, dL/dc_0 out
     sync = torch.zeros(2, dtype=torch.int32, device=dev)
     w_hh = w_hh.contiguous()
-    persistent_backward_kernel[grid](dy.contiguous(), w_hh, acts, c_all, dG, dc, sync[0:], sync[1:],
+    dy = dy.contiguous()
+    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1], c_all[T], dG[T], w_hh, dc, sync[0:], sync[1:],
                                      T, B, H, **meta)
     _check_barrier(sync[1])
     dh0 = torch.mm(dG[0], w_hh)

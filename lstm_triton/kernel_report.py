@@ -50,7 +50,7 @@ DT_POINTERS = {
     "step_forward_kernel": {"h_prev_ptr", "w_ptr", "y_ptr"},
     "step_backward_kernel": {"dg_next_ptr", "w_ptr", "dg_ptr"},
     "persistent_forward_kernel": {"w_ptr", "hbuf_ptr"},
-    "persistent_backward_kernel": {"w_ptr", "dg_ptr"},
+    "persistent_backward_kernel": {"w_ptr", "dg_last_ptr"},
 }
 INT_POINTERS = {"counter_ptr", "flag_ptr"}
 
@@ -63,7 +63,9 @@ class KernelBuild:
     constexprs: dict
     num_warps: int
     arch: str
+    num_stages: int = 3  # Triton's default; the persistent launchers pass 1
     registers: int = -1
+    cp_async: int = -1  # cp.async instructions in the PTX (prefetches; must be 0 across a grid barrier)
     spill_bytes: int = -1  # local memory per thread (register spills)
     stack_bytes: int = -1
     shared_bytes: int = -1
@@ -101,7 +103,9 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     major = int(build.arch.removeprefix("sm_"))
     sig, attrs = _signature(fn, {v: k for k, v in TYPE.items()}[build.dtype])
     src = ASTSource(fn, sig, constexprs=build.constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options={"num_warps": build.num_warps})
+    options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
+    build.cp_async = compiled.asm["ptx"].count("cp.async.")
     usage = _resource_usage(compiled.asm["cubin"])
     build.registers, build.spill_bytes, build.stack_bytes = usage["REG"], usage["LOCAL"], usage["STACK"]
     build.shared_bytes = max(int(compiled.metadata.shared), usage["SHARED"])
@@ -134,7 +138,7 @@ def planned_builds(arch: str) -> list[KernelBuild]:
             default = prec == dot_precision(dt)
             for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
                 plans.append(KernelBuild(
-                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch,
+                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1,
                     d2l_shape=default and dt == torch.float32 and cfg == d2l_cfg,
                     large_shape=default and dt == torch.bfloat16 and cfg == large_cfg,
                     max_programs=programs, grid_fits_sms=programs <= SM_COUNT[major]))

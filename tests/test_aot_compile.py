@@ -38,9 +38,10 @@ def test_every_launcher_configuration_compiles(builds, record_property):
     assert over.empty, "shared memory over the per-block limit (launch would fail):\n" + over.to_string()
 
 
-def test_persistent_grids_fit_the_sms(builds):
+def test_persistent_grids_fit_the_sms_and_nothing_is_prefetched_across_the_barrier(builds):
     persistent = builds[builds["level"] == "persistent"]
     assert len(persistent) >= 8 and persistent["grid_fits_sms"].all()
+    assert (persistent["num_stages"] == 1).all() and (persistent["cp_async"] == 0).all()
 
 
 def test_auto_picks_a_compiled_persistent_config_for_the_d2l_and_large_shapes(builds):

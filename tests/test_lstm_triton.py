@@ -183,3 +183,27 @@ def test_half_precision_inputs_with_fp32_state(fusion, dtype):
         pytest.skip("the Triton interpreter has no bf16 tl.dot; bf16 is checked on CUDA (bench/gpu_check.sh)")
     errors = compare_with_nn(fusion, 7, 3, 5, 20, dtype=dtype)
     assert_close(errors, dtype)
+
+
+def test_persistent_barrier_timeout_sets_the_flag_and_does_not_hang():
+    """Two programs under the interpreter never meet (they run one after another): with a tiny
+    spin budget the first gives up, flags the timeout, and no later barrier waits again."""
+    from lstm_triton.kernels import lstm_persistent as P
+
+    T, B, H = 5, 2, 32
+    xp, w = torch.randn(T, B, 4 * H), torch.randn(4 * H, H)
+    hbuf, c_all, acts = torch.zeros(T + 1, B, H), torch.zeros(T + 1, B, H), torch.zeros(T, B, 4 * H)
+    sync = torch.zeros(2, dtype=torch.int32)
+    P.persistent_forward_kernel[(2,)](xp, w, hbuf, c_all, acts, sync[0:], sync[1:], T, B, H, BLOCK_B=16,
+                                      BLOCK_H=16, BLOCK_K=32, PRECISION="ieee", MAX_SPINS=10)
+    assert int(sync[1]) == 1  # flagged
+    assert int(sync[0]) == 2 * T  # every program still arrived at every barrier
+
+
+def test_a_flagged_barrier_raises_on_the_host(monkeypatch):
+    from lstm_triton.kernels import lstm_persistent as P
+
+    monkeypatch.setattr(P, "CHECK_BARRIER_ON_HOST", True)
+    P._check_barrier(torch.zeros((), dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="grid barrier timed out"):
+        P._check_barrier(torch.ones((), dtype=torch.int32))
