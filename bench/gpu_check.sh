@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-${OUT:-results/gpu}}"
 mkdir -p "$OUT"
 unset TRITON_INTERPRET
+export LSTM_TRITON_CHECK_BARRIER=1  # a timed-out persistent barrier raises on the host
 PY="${PYTHON:-python}"
 { nvidia-smi; "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
   > "$OUT/environment.txt" 2>&1
