@@ -149,6 +149,7 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     table = speedup_table(df)
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -159,8 +160,14 @@ def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
         wide = table.pivot_table(index="case", columns="provider", values="speedup_vs_nn")
         wide = wide[_ordered(wide.columns)]
         wide.plot.bar(ax=ax, rot=30)
+        ax.legend(title="provider", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_ylabel("speedup over nn.LSTM (median latency)")
         ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.set_title(f"Speedup over nn.LSTM — {device}", fontsize=10)
@@ -170,27 +177,48 @@ def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
 
 
 def plot_perplexity(df: pd.DataFrame, path: Path, device: str) -> None:
+    """Left: train (solid) and validation (dashed) perplexity per provider. Right: each
+    provider's relative gap to nn.LSTM's training perplexity at the same epoch, in percent."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     data = df[df["mode"] == "e2e_training"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     if data.empty:
         _empty_note(ax, "no end-to-end training run")
-    for provider in _ordered(data["provider"]):
+    markers = "os^Dv"
+    train = data[data["metric"] == "train_perplexity"].pivot_table(index="x_value", columns="provider", values="p50")
+    for k, provider in enumerate(_ordered(data["provider"])):
         sub = data[data["provider"] == provider]
         tag = " (interpreter)" if sub["interpreted"].any() else ""
         for metric, style in (("train_perplexity", "-"), ("val_perplexity", "--")):
             s = sub[sub["metric"] == metric].sort_values("x_value")
-            if not s.empty:
-                ax.plot(s["x_value"].astype(float), s["p50"], style,
+            if not s.empty:  # markers of different shapes and sizes keep overlapping curves visible
+                ax.plot(s["x_value"].astype(float), s["p50"], style, marker=markers[k % 5], markersize=9 - 1.5 * k,
+                        markevery=max(1, len(s) // 10), fillstyle="none",
                         label=f"{provider}{tag} {'train' if metric.startswith('train') else 'validation'}")
+        if "nn" in train and provider in train and provider != "nn":
+            gap = (train[provider] / train["nn"] - 1) * 100
+            gap_ax.plot(gap.index.astype(float), gap.values, marker=markers[k % 5], label=provider)
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(True, which="both", alpha=0.3)
     if not data.empty:
-        ax.legend(fontsize=8)
-    ax.set_title(f"Char LM on The Time Machine, identical weights and data — {device}", fontsize=10)
+        ax.legend(fontsize=7)
+    ax.set_title("Char LM on The Time Machine, identical weights and data", fontsize=10)
+    gap_ax.axhline(1.0, color="red", linewidth=0.8, linestyle=":")
+    gap_ax.axhline(-1.0, color="red", linewidth=0.8, linestyle=":", label="±1%")
+    gap_ax.set_xlabel("epoch")
+    gap_ax.set_ylabel("training perplexity vs nn.LSTM (%)")
+    gap_ax.set_title("Gap to nn.LSTM at the same epoch", fontsize=10)
+    gap_ax.grid(True, alpha=0.3)
+    gap_ax.legend(fontsize=8)
+    fig.suptitle(device, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
