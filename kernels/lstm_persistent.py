@@ -55,7 +55,7 @@ def grid_barrier(counter_ptr, target, flag_ptr, budget):
     return budget
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])  # one compiled kernel for every sequence length
 def persistent_forward_kernel(
     xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,4H) fp32, (4H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
     counter_ptr, flag_ptr,  # int32 barrier counter (zeroed), int32 timeout flag
@@ -106,7 +106,7 @@ def persistent_forward_kernel(
         budget = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, budget)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def persistent_backward_kernel(
     # Pointers to the LAST slot of each buffer (computed on the host in 64 bits), walked backwards:
     dy_last_ptr, act_last_ptr, c_last_ptr, dg_last_ptr,  # dy[T-1] fp32, acts[T-1] fp32, c_all[T] fp32, dG[T] dt (= 0)

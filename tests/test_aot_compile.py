@@ -61,3 +61,14 @@ def test_no_spills_at_the_d2l_shape(builds):
 def test_no_spills_anywhere(builds):
     spilled = builds[builds["spill_bytes"] > 0]
     assert spilled.empty, spilled.to_string()
+
+
+def test_persistent_kernels_compile_once_for_every_sequence_length():
+    """T is a runtime argument Triton must not specialise on (T == 1, T % 16 == 0 variants)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from lstm_triton.kernels import lstm_persistent as P\n"
+            "for f in (P.persistent_forward_kernel, P.persistent_backward_kernel):\n"
+            "    print(f.__name__, [p.name for p in f.params if p.do_not_specialize])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["persistent_forward_kernel ['T']", "persistent_backward_kernel ['T']"]
