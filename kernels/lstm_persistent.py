@@ -55,6 +55,16 @@ def grid_barrier(counter_ptr, target, flag_ptr, budget):
     return budget
 
 
+@triton.jit
+def load_gate_tiles(tile_ptr, gate_stride, mask):
+    """The four gate blocks [i, f, g, o] of W_hh at ``tile_ptr + q*gate_stride`` (masked, 0 outside)."""
+    w_i = tl.load(tile_ptr, mask=mask, other=0.0)
+    w_f = tl.load(tile_ptr + gate_stride, mask=mask, other=0.0)
+    w_g = tl.load(tile_ptr + 2 * gate_stride, mask=mask, other=0.0)
+    w_o = tl.load(tile_ptr + 3 * gate_stride, mask=mask, other=0.0)
+    return w_i, w_f, w_g, w_o
+
+
 @triton.jit(do_not_specialize=["T"])  # one compiled kernel for every sequence length
 def persistent_forward_kernel(
     xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,4H) fp32, (4H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
@@ -67,12 +77,9 @@ def persistent_forward_kernel(
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = tl.arange(0, BLOCK_K)
     row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    w_tile = w_ptr + units[None, :] * H + ks[:, None]
-    w_mask = k_ok[:, None] & unit_ok[None, :]
-    w_i = tl.load(w_tile, mask=w_mask, other=0.0)  # loaded once, reused every step
-    w_f = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
-    w_g = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
-    w_o = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    # W_hh[q*H + unit, k] as (k, unit) tiles: loaded once, reused every step
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, :] * H + ks[:, None], H * H,
+                                         k_ok[:, None] & unit_ok[None, :])
     w_ty = w_ptr.dtype.element_ty
 
     mask = row_ok[:, None] & unit_ok[None, :]
@@ -121,12 +128,9 @@ def persistent_backward_kernel(
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = tl.arange(0, BLOCK_K)
     row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    w_tile = w_ptr + ks[:, None] * H + units[None, :]
-    w_mask = k_ok[:, None] & unit_ok[None, :]
-    w_i = tl.load(w_tile, mask=w_mask, other=0.0)  # W_hh[q*H + k, units], kept for the whole loop
-    w_f = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
-    w_g = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
-    w_o = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    # W_hh[q*H + k, unit] as (k, unit) tiles, kept for the whole loop
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + ks[:, None] * H + units[None, :], H * H,
+                                         k_ok[:, None] & unit_ok[None, :])
 
     mask = row_ok[:, None] & unit_ok[None, :]
     a_mask = row_ok[:, None] & k_ok[None, :]
