@@ -2,6 +2,9 @@
 
 import torch
 
+# Where the Triton kernels run: CUDA when present, else CPU tensors under TRITON_INTERPRET=1.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64; NaN anywhere gives inf so it never passes a ≤ check."""
@@ -13,7 +16,8 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())
 
 
-def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int = 32, seed: int = 3) -> torch.Tensor:
+def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int = 32, seed: int = 3,
+                   device: str = "cpu") -> torch.Tensor:
     """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches;
     the per-step losses. Weights depend only on ``seed``, so every impl starts identical."""
     from lstm_triton.impls import build_char_lm
@@ -21,12 +25,12 @@ def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int
 
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 28, (8, 12), generator=gen) for _ in range(steps + 1)]
-    model = build_char_lm(impl, 28, hidden, seed=seed, fusion=fusion)
+    model = build_char_lm(impl, 28, hidden, seed=seed, fusion=fusion, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    state, losses = model.begin_state(8, "cpu"), []
+    state, losses = model.begin_state(8, device), []
     for X, Y in zip(batches, batches[1:]):
-        logits, state = model(X, tuple(s.detach() for s in state))
-        loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1))
+        logits, state = model(X.to(device), tuple(s.detach() for s in state))
+        loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1).to(device))
         opt.zero_grad()
         loss.backward()
         clip_gradients(model, 1.0)

@@ -9,6 +9,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_triton
 
+from .helpers import DEVICE
+
 
 def test_same_constructor_names_shapes_and_default_init():
     kwargs = dict(num_layers=2, bias=True, batch_first=True, dropout=0.1, bidirectional=True)
@@ -29,6 +31,7 @@ def test_state_dict_moves_both_ways():
     ref2.load_state_dict(lstm_triton.LSTM(4, 6, num_layers=2).state_dict())
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="kernels are compiled, not interpreted, when a GPU is present")
 def test_auto_backend_uses_triton_under_the_interpreter_and_logs_why(caplog, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = lstm_triton.LSTM(3, 5)
@@ -63,11 +66,12 @@ def test_unknown_fusion_or_backend_is_rejected(name, value):
 
 
 def test_packed_sequences_and_projections():
-    packed = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
+    packed = pack_padded_sequence(torch.randn(5, 2, 3, device=DEVICE), torch.tensor([5, 3]))
     with pytest.raises(NotImplementedError, match="PackedSequence input is not implemented"):
-        lstm_triton.LSTM(3, 4, backend="triton")(packed)
+        lstm_triton.LSTM(3, 4, backend="triton", device=DEVICE)(packed)
     with pytest.raises(NotImplementedError, match="proj_size > 0"):
-        lstm_triton.LSTM(3, 4, proj_size=2, backend="triton")(torch.randn(5, 2, 3))
+        lstm_triton.LSTM(3, 4, proj_size=2, backend="triton", device=DEVICE)(torch.randn(5, 2, 3, device=DEVICE))
+    packed = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
     torch.manual_seed(0)
     ours, ref = lstm_triton.LSTM(3, 4), nn.LSTM(3, 4)
     ref.load_state_dict(ours.state_dict())
@@ -97,9 +101,10 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
     ref = nn.LSTM(5, 20)
     with pytest.raises(Exception) as expected:
         ref(x, hx)
-    ours = lstm_triton.LSTM(5, 20, backend="triton")
+    ours = lstm_triton.LSTM(5, 20, backend="triton", device=DEVICE)
+    move = lambda t: t if t.device.type == "meta" else t.to(DEVICE)
     with pytest.raises(type(expected.value)) as actual:
-        ours(x, hx)
+        ours(move(x), None if hx is None else tuple(move(t) for t in hx))
     message = str(actual.value)
     assert "\n" not in message and len(message) < 300
     assert any(word in message for word in ("size", "dtype", "device", "2D or 3D", "3-D", "dimensions")), message

@@ -16,10 +16,9 @@ import lstm_triton
 from lstm_triton.kernels.buffers import set_poison
 from lstm_triton.kernels.launch_config import use_gpu_tiles
 
-from .helpers import rel_err
+from .helpers import DEVICE, rel_err
 
 LEVELS = ["cell", "step", "persistent"]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
@@ -149,8 +148,8 @@ def test_random_shapes_match_nn_lstm(fusion, T, B, I, H, seed, gpu_tiles):
 
 def test_dropout_between_layers_is_random_in_training_and_off_in_eval():
     torch.manual_seed(0)
-    model = lstm_triton.LSTM(3, 8, num_layers=2, dropout=0.5, backend="triton")
-    x = torch.randn(4, 2, 3)
+    model = lstm_triton.LSTM(3, 8, num_layers=2, dropout=0.5, backend="triton", device=DEVICE)
+    x = torch.randn(4, 2, 3, device=DEVICE)
     torch.manual_seed(1)
     a = model(x)[0]
     torch.manual_seed(1)
@@ -166,7 +165,8 @@ def test_functional_lstm_matches_the_module():
     torch.manual_seed(0)
     layer = nn.LSTM(5, 9)
     x, h0, c0 = torch.randn(4, 2, 5), torch.randn(2, 9), torch.randn(2, 9)
-    y, (h, c) = lstm_triton.lstm(x, *layer.parameters(), hx=(h0, c0), fusion="step", backend="triton")
+    on_device = [t.to(DEVICE) for t in (x, *layer.parameters(), h0, c0)]
+    y, (h, c) = lstm_triton.lstm(*on_device[:5], hx=tuple(on_device[5:]), fusion="step", backend="triton")
     ry, (rh, rc) = layer(x, (h0[None], c0[None]))
     assert rel_err(y, ry) <= 1e-5 and rel_err(h, rh[0]) <= 1e-5 and rel_err(c, rc[0]) <= 1e-5
     ty, _ = lstm_triton.lstm(x, *layer.parameters(), hx=(h0, c0), backend="torch")
@@ -185,6 +185,7 @@ def test_half_precision_inputs_with_fp32_state(fusion, dtype):
     assert_close(errors, dtype)
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="needs the interpreter's one-after-another programs")
 def test_persistent_barrier_timeout_sets_the_flag_and_does_not_hang():
     """Two programs under the interpreter never meet (they run one after another): with a tiny
     spin budget the first gives up, flags the timeout, and no later barrier waits again."""

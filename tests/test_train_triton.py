@@ -4,12 +4,12 @@ import pytest
 
 from lstm_triton.cli import main
 
-from .helpers import char_lm_losses, max_rel_diff
+from .helpers import DEVICE, char_lm_losses, max_rel_diff
 
 
 @pytest.mark.parametrize("fusion", ["cell", "step", "persistent"])
 def test_triton_char_lm_trains_like_nn_lstm_for_20_steps(fusion):
-    ours, ref = char_lm_losses("triton", fusion=fusion), char_lm_losses("nn")
+    ours, ref = char_lm_losses("triton", fusion=fusion, device=DEVICE), char_lm_losses("nn")
     assert ref[-1] < ref[0]
     assert max_rel_diff(ours, ref) <= 1e-4, (ours - ref).abs().max()
 
