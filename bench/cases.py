@@ -7,7 +7,7 @@ Triton providers run under the interpreter there, at the d2l shape only, as corr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -51,7 +51,6 @@ class Profile:
     rounds: int
     e2e: E2EConfig
     interpreted_shapes: tuple[str, ...] = ("d2l",)  # where interpreted Triton providers still run
-    e2e_dtypes: tuple[str, ...] = field(default=("fp32",))
 
 
 def _sweep(axis: str, values, T: int, B: int, H: int, I: int | None = None) -> tuple[Shape, ...]:

@@ -73,6 +73,7 @@ class KernelBuild:
     large_shape: bool = False  # the config picked for B=16, H=768, bf16
     max_programs: int = 0  # persistent: largest grid this config runs (H ≤ BLOCK_K); 0 = no barrier
     grid_fits_sms: bool = True  # persistent: max_programs ≤ the architecture's SM count
+    shared_fits: bool = True  # shared_bytes within what one block may use on this architecture
 
 
 def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
@@ -109,6 +110,7 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     usage = _resource_usage(compiled.asm["cubin"])
     build.registers, build.spill_bytes, build.stack_bytes = usage["REG"], usage["LOCAL"], usage["STACK"]
     build.shared_bytes = max(int(compiled.metadata.shared), usage["SHARED"])
+    build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
     return build
 
 
@@ -166,7 +168,7 @@ def format_table(builds: list[KernelBuild]) -> str:
     df["shape"] = ["d2l" if d else "large" if g else "" for d, g in zip(df["d2l_shape"], df["large_shape"])]
     df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "")
     cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes", "shared_bytes",
-            "max_programs", "grid_fits_sms", "shape"]
+            "shared_fits", "max_programs", "grid_fits_sms", "shape"]
     return df[cols].to_string(index=False)
 
 
