@@ -70,7 +70,7 @@ def build_char_lm(
     else:
         from .lstm import LSTM
 
-        layer = LSTM(vocab_size, hidden_size, fusion=fusion)
+        layer = LSTM(vocab_size, hidden_size, fusion=fusion, backend="triton")  # never a silent torch fallback
         layer.load_state_dict(weights)
     if init == "seed" and impl != "naive":
         for name, param in layer.named_parameters():

@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import CharData
 from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict
+from .kernels.launch_config import interpreter_on
 from .model import CharLM
 
 METRIC_COLUMNS = [
@@ -105,6 +106,9 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(device)
+        if cfg.impl == "triton" and self.device.type != "cuda" and not interpreter_on():
+            raise ValueError(f"impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to interpret the kernels "
+                             f"on the CPU, slowly); the device here is {self.device}")
         self.data = data or CharData.load(
             cfg.batch_size, cfg.num_steps, cfg.max_tokens, cfg.val_tokens, cfg.use_random_iter, cfg.corpus
         )

@@ -88,3 +88,11 @@ def test_cli_process_exits_2_without_traceback():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lstm-triton train: error: argument --impl: invalid choice: 'gru'")
+
+
+def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code, _, err = _run([*TINY, "--impl", "triton", "--device", "cpu"], capsys)
+    assert code == 2 and "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
