@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out / "benchmark.json"
     pytest_args = [str(BENCH_DIR), "--benchmark-only", f"--bench-profile={args.profile}",
                    f"--benchmark-json={json_path}", "--benchmark-save-data", "--benchmark-columns=median,rounds",
-                   "-p", "no:cacheprovider", "-q", "-rs", "-s", *extra]
+                   "-p", "no:cacheprovider", "-v", "-rs", "-s", *extra]  # -v: one line per benchmark with % done
     if args.providers:
         pytest_args.append(f"--bench-providers={args.providers}")
     start = time.perf_counter()
