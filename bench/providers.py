@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import lstm_triton
+from lstm_triton.impls import layer_from_weights
 from lstm_triton.kernels.launch_config import interpreter_on
-from lstm_triton.naive import from_nn_lstm
 
 PROVIDERS = ("naive", "nn", "triton-cell", "triton-step", "triton-persistent")
 IMPL_OF = {"naive": ("naive", "auto"), "nn": ("nn", "auto"), "triton-cell": ("triton", "cell"),
@@ -47,18 +47,8 @@ def status(provider: str, device: torch.device, dtype: torch.dtype) -> ProviderS
 
 def build_layer(provider: str, weights: dict[str, torch.Tensor], device, dtype) -> nn.Module:
     """A single-layer LSTM of ``provider`` holding exactly ``weights`` (nn.LSTM layer-0 names)."""
-    four_h, input_size = weights["weight_ih_l0"].shape
-    hidden = four_h // 4
     impl, fusion = IMPL_OF[provider]
-    if impl == "naive":
-        layer = from_nn_lstm(weights)
-    elif impl == "nn":
-        layer = nn.LSTM(input_size, hidden)
-        layer.load_state_dict(weights)
-    else:
-        layer = lstm_triton.LSTM(input_size, hidden, fusion=fusion, backend="triton")
-        layer.load_state_dict(weights)
-    return layer.to(device=device, dtype=dtype)
+    return layer_from_weights(impl, weights, fusion).to(device=device, dtype=dtype)
 
 
 def reference_weights(input_size: int, hidden: int, seed: int = 0) -> dict[str, torch.Tensor]:

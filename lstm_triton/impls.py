@@ -33,6 +33,21 @@ def _nn_layer_weights(vocab_size: int, hidden_size: int, init: str) -> dict[str,
     return {k: v.detach() for k, v in nn.LSTM(vocab_size, hidden_size).state_dict().items()}
 
 
+def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str = "auto") -> nn.Module:
+    """A single-layer LSTM of ``impl`` holding exactly ``weights`` (nn.LSTM layer-0 names, on the CPU)."""
+    four_h, input_size = weights["weight_ih_l0"].shape
+    if impl == "naive":
+        return from_nn_lstm(weights)
+    if impl == "nn":
+        layer = nn.LSTM(input_size, four_h // 4)
+    else:
+        from .lstm import LSTM
+
+        layer = LSTM(input_size, four_h // 4, fusion=fusion, backend="triton")  # never a silent torch fallback
+    layer.load_state_dict(weights)
+    return layer
+
+
 def build_char_lm(
     impl: str,
     vocab_size: int,
@@ -62,16 +77,7 @@ def build_char_lm(
     finally:
         torch.random.set_rng_state(gen_state)
 
-    if impl == "naive":
-        layer = from_nn_lstm(weights)
-    elif impl == "nn":
-        layer = nn.LSTM(vocab_size, hidden_size)
-        layer.load_state_dict(weights)
-    else:
-        from .lstm import LSTM
-
-        layer = LSTM(vocab_size, hidden_size, fusion=fusion, backend="triton")  # never a silent torch fallback
-        layer.load_state_dict(weights)
+    layer = layer_from_weights(impl, weights, fusion)
     if init == "seed" and impl != "naive":
         for name, param in layer.named_parameters():
             if name.startswith("bias_hh"):
