@@ -32,7 +32,7 @@ def poison_outputs():
 
 def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
                     unbatched=False, bias=True, with_state=True, dtype=torch.float32, seed=0, dropout=0.0,
-                    train=False):
+                    train=False, layer_class=None):
     """Run both on the same weights/inputs/upstream grads; return {name: relative error}."""
     gen = torch.Generator().manual_seed(seed)
     kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
@@ -41,7 +41,10 @@ def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, ba
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
-    ours = lstm_triton.LSTM(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype, **kwargs)
+    if layer_class is None:
+        ours = lstm_triton.LSTM(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype, **kwargs)
+    else:  # a baseline in the same precision, e.g. nn.LSTM in fp32
+        ours = layer_class(I, H, device=DEVICE, dtype=dtype, **kwargs)
     ours.load_state_dict(ref.state_dict())
     ref.train(train)
     ours.train(train)
@@ -137,13 +140,21 @@ def test_module_features_match_nn_lstm(fusion, variant):
 @given(fusion=st.sampled_from(LEVELS), T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 9),
        H=st.integers(1, 70), seed=st.integers(0, 2**16), gpu_tiles=st.booleans())
 @example(fusion="cell", T=4, B=1, I=1, H=1, seed=4, gpu_tiles=False)  # found by hypothesis: tanh near 0
+@example(fusion="cell", T=1, B=1, I=1, H=1, seed=3129, gpu_tiles=False)  # ill-conditioned: nn.LSTM fp32 misses too
 def test_random_shapes_match_nn_lstm(fusion, T, B, I, H, seed, gpu_tiles):
+    """≤ 1e-5, or for the rare tiny draws where fp32 itself cannot reach that against float64
+    (cancellation in a single element), no worse than twice nn.LSTM's own fp32 error."""
     set_poison(True)
     use_gpu_tiles(gpu_tiles)
     try:
-        assert_close(compare_with_nn(fusion, T, B, I, H, seed=seed))
+        errors = compare_with_nn(fusion, T, B, I, H, seed=seed)
     finally:
         use_gpu_tiles(False)
+    over = {k: v for k, v in errors.items() if not v <= TOL[torch.float32]}
+    if over:
+        baseline = compare_with_nn(fusion, T, B, I, H, seed=seed, layer_class=nn.LSTM)
+        bad = {k: (v, baseline[k]) for k, v in over.items() if not v <= 2 * baseline[k]}
+        assert not bad, f"(ours, nn.LSTM fp32) relative errors vs float64 above 1e-5 and above 2x nn.LSTM: {bad}"
 
 
 def test_dropout_between_layers_is_random_in_training_and_off_in_eval():
