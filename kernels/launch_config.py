@@ -36,6 +36,19 @@ def _interpreter_tiles() -> bool:
     return interpreter_on() and not _gpu_tiles_under_interpreter
 
 
+# Set by the tests' multi-program harness (tests/multiprogram.py), which runs a grid's programs as
+# concurrent threads under the interpreter: then the persistent level may launch the GPU's grid
+# (several programs meeting at its barrier), sized as on an H100/H200 (sm_90, 132 SMs).
+_concurrent_programs_under_interpreter = False
+INTERPRETER_ARCH = 9
+
+
+def set_interpreter_concurrent_programs(enabled: bool) -> None:
+    """Declare that interpreted grids run their programs concurrently (test harness only)."""
+    global _concurrent_programs_under_interpreter
+    _concurrent_programs_under_interpreter = bool(enabled)
+
+
 def _pow2(n: int, lo: int, hi: int) -> int:
     return min(hi, max(lo, triton.next_power_of_2(n)))
 
@@ -155,7 +168,9 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     if arch is None and _interpreter_tiles():
         return PersistentConfig(block_b, block_k, block_k, 4), "interpreter: one program owns every unit"
     if arch is None and interpreter_on():
-        return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
+        if not _concurrent_programs_under_interpreter:
+            return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
+        arch = INTERPRETER_ARCH  # the multi-program harness: the exact sm_90 grid and tiles
     budget = None
     if arch is None:
         if device is None or torch.device(device).type != "cuda":
