@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import pytest
@@ -16,9 +17,64 @@ def test_clip_gradients_scales_to_the_global_norm():
     for p in model.parameters():
         p.grad = torch.full_like(p, 2.0)
     norm = clip_gradients(model, 1.0)
-    assert norm == pytest.approx(2.0 * math.sqrt(8))
+    assert isinstance(norm, torch.Tensor) and float(norm) == pytest.approx(2.0 * math.sqrt(8))
     total = math.sqrt(sum(float((p.grad ** 2).sum()) for p in model.parameters()))
     assert total == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1], ids=["zero-grads", "below-theta"])
+def test_clip_gradients_leaves_small_gradients_bit_identical(value):
+    model = torch.nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, value)
+    before = [p.grad.clone() for p in model.parameters()]
+    clip_gradients(model, 1.0)
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+
+
+def _host_read_clip(model, theta):
+    """The clipping as it was before it moved to the device (d2l's grad_clipping, host read)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.sqrt(sum(torch.sum(g * g) for g in grads))
+    if norm > theta:
+        for g in grads:
+            g.mul_(theta / norm)
+    return float(norm)
+
+
+def test_device_side_clipping_trains_exactly_as_the_host_read_version(monkeypatch):
+    """3 epochs at the d2l shape: the losses of the sync-free step equal the old ones (≤ 1e-6)."""
+    train_mod = importlib.import_module("lstm_triton.train")  # the module (lstm_triton.train is also a function)
+    cfg = TrainConfig(impl="nn", epochs=3, seed=1)
+    now = Trainer(cfg, "cpu").fit()["train_loss"]
+    monkeypatch.setattr(train_mod, "clip_gradients", _host_read_clip)
+    before = Trainer(cfg, "cpu").fit()["train_loss"]
+    assert float(((now - before) / before).abs().max()) <= 1e-6
+
+
+def test_a_training_epoch_reads_the_device_a_fixed_number_of_times(monkeypatch):
+    """No host read per batch (on a GPU each one would stall the launch queue): the number of
+    tensor -> Python conversions in an epoch does not grow with the number of batches."""
+    reads = {"n": 0}
+    for name in ("__bool__", "__float__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_per_epoch(max_tokens):
+        trainer = Trainer(TrainConfig(impl="nn", epochs=1, **{**SMALL, "max_tokens": max_tokens}), "cpu")
+        reads["n"] = 0
+        batches = trainer.train_epoch()["tokens"] // (SMALL["batch_size"] * SMALL["num_steps"])
+        return reads["n"], batches
+
+    few, few_batches = reads_per_epoch(400)
+    many, many_batches = reads_per_epoch(2000)
+    assert many_batches >= 4 * few_batches
+    assert few == many <= 2, f"host reads per epoch: {few} with {few_batches} batches, {many} with {many_batches}"
 
 
 def test_same_seed_same_weights_for_every_impl():
