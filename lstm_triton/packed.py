@@ -1,0 +1,92 @@
+"""Variable-length batches on the fused kernels: padded input with ``lengths``, and PackedSequence.
+
+The kernels need no change for this. A step past a row's length must leave that row's state
+alone, output zero and pass gradients straight through; all of that follows from the gate values
+alone, so the layer writes them into the input projection before the time loop:
+
+    pre-activations of a padded step (i, f, g, o) = (−inf, +inf, ·, −inf)
+    ⇒ i = 0, f = 1, o = 0  ⇒  c_t = 1·c_{t−1} + 0·g = c_{t−1} exactly,  h_t = 0·tanh(c_t) = 0.
+
+The kernels save those activations for backward, where the same values give dG = 0 for every
+gate and dc_{t−1} = f·dc_t = dc_t: the padded steps vanish from every gradient and the cell
+gradient flows through them unchanged. ``h_n`` is each row's output at its own last step
+(gathered, so autograd routes its gradient there) and ``c_n`` is the final cell state (frozen
+since the row's end). One ``torch.where`` per layer call, no per-step work, every fusion level.
+
+Semantics follow ``nn.LSTM`` on the packed equivalent (lengths 1…T; here 0 is also allowed: the
+row keeps ``h0``/``c0`` and outputs zeros). The reverse direction of a bidirectional layer starts
+at each row's own end (:func:`reverse_padded`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+_INF = float("inf")
+
+
+def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
+    """``lengths`` (sequence of B ints or a 1-D integer tensor, any device) -> int64 (B,) on ``device``.
+
+    Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T]."""
+    t = torch.as_tensor(lengths)
+    if t.dim() != 1 or t.numel() != B:
+        raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got shape "
+                         f"{tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"lengths must hold integers, got {t.dtype}")
+    t = t.to(device=device, dtype=torch.int64)
+    if B and t.device.type != "meta":
+        low, high = int(t.min()), int(t.max())  # one host read per call, before any kernel runs
+        if low < 0 or high > T:
+            raise ValueError(f"lengths must lie in [0, T={T}], got values from {low} to {high}")
+    return t
+
+
+def active_steps(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """``(T, B)`` bool: True where step t < the row's length."""
+    return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
+
+
+def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``xp (T, B, 4H)`` fp32 gate pre-activations [i, f, g, o] -> the same with padded steps set to
+    (−inf, +inf, 0, −inf), which freezes the row there (module docstring)."""
+    H = xp.shape[-1] // 4
+    pad = xp.new_tensor([-_INF, _INF, 0.0, -_INF]).repeat_interleave(H)
+    return torch.where(active[..., None], xp, pad)
+
+
+def last_hidden(y: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Each row's output at its own last step: ``y (T, B, H)``, ``lengths (B,)`` -> ``(B, H)``;
+    ``h0`` where the length is 0. Differentiable (a gather), so dL/dh_n lands on that step."""
+    T, B, H = y.shape
+    index = (lengths - 1).clamp(min=0).view(1, B, 1).expand(1, B, H)
+    last = y.gather(0, index)[0]
+    return torch.where((lengths > 0)[:, None], last, h0.to(y.dtype))
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each row of ``x (T, B, *)`` within its own length (padding stays in place): the
+    input of a reverse direction. Its own inverse; differentiable."""
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device)[:, None]
+    index = torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # (T, B)
+    index = index.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)
+
+
+def unpack(seq: PackedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """PackedSequence -> ``(padded (T, B, *) in the caller's batch order, lengths (B,) int64)``."""
+    padded, lengths = pad_packed_sequence(seq)  # applies unsorted_indices: the caller's order
+    return padded, lengths.to(padded.device)
+
+
+def repack(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack ``padded (T, B, *)`` (caller's batch order) exactly as ``like`` is packed: same
+    ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` (nn.LSTM's output contract)."""
+    if like.sorted_indices is not None:
+        padded = padded.index_select(1, like.sorted_indices)
+        lengths = lengths.index_select(0, like.sorted_indices)
+    data = pack_padded_sequence(padded, lengths.cpu(), enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
