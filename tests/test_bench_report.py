@@ -12,17 +12,47 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """`make bench`'s entry point at the tiny profile, publishing a copy as for docs/results/cpu."""
     out = tmp_path_factory.mktemp("bench")
-    json_path = out / "out.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "--bench-profile=tiny",
-         f"--benchmark-json={json_path}", "--benchmark-save-data", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "bench.run", "--profile=tiny", "--out", str(out / "results"),
+         "--publish", str(out / "published"), "-q"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    report = subprocess.run([sys.executable, "-m", "bench.report", str(json_path), "--out", str(out / "results")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-3000:]
     return out / "results"
+
+
+def test_publish_copies_every_report_but_not_the_raw_json(tiny_run):
+    published = tiny_run.parent / "published"
+    names = {p.name for p in published.iterdir()}
+    assert {"results.csv", "summary.md", "perplexity.png", "speedup_vs_nn.png", "throughput_vs_batch.png",
+            "throughput_vs_hidden.png", "throughput_vs_seq_len.png"} <= names
+    assert "benchmark.json" not in names  # holds host details; the CSV has every number
+    assert (published / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
+
+
+def test_summary_names_no_local_path(tiny_run):
+    """The summary is committed and shown on GitHub: no absolute paths of the machine it ran on."""
+    summary = (tiny_run / "summary.md").read_text()
+    for local in (str(tiny_run.parent), str(ROOT), str(Path.home())):
+        assert local not in summary
+
+
+def test_summary_shows_run_lengths_and_time_traveller_continuations(tiny_run):
+    from bench.cases import PROFILES
+
+    e2e = PROFILES["tiny"].e2e
+    assert e2e.interpreted_epochs != e2e.epochs  # the tiny profile exercises runs of different lengths
+    summary = (tiny_run / "summary.md").read_text()
+    lines = summary.splitlines()
+    row = lambda provider: next(x for x in lines if x.startswith(f"| {provider} | "))  # the headline table's
+    assert row("nn").split("|")[2].strip() == str(e2e.epochs)
+    assert row("triton-step").split("|")[2].strip() == str(e2e.interpreted_epochs)
+    header = next(x for x in lines if "'time traveller' continues as" in x)
+    continuations = lines[lines.index(header) + 2:]
+    for provider in ("naive", "nn", "triton-cell", "triton-step", "triton-persistent"):
+        line = next(x for x in continuations if x.startswith(f"| {provider} | "))
+        assert "`time traveller" in line, line
 
 
 def test_report_writes_a_long_csv_plots_and_a_summary(tiny_run):
@@ -48,9 +78,14 @@ def test_interpreted_providers_are_labelled_and_kept_out_of_speedups(tiny_run):
 
 
 def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run):
+    from bench.cases import PROFILES
+
     df = pd.read_csv(tiny_run / "results.csv")
     ppl = df[(df["mode"] == "e2e_training") & (df["metric"] == "train_perplexity")]
-    wide = ppl.pivot_table(index="x_value", columns="provider", values="p50")
+    ppl = ppl.assign(epoch=ppl["x_value"].astype(int))  # x_value also holds shape names: strings in the CSV
+    wide = ppl.pivot_table(index="epoch", columns="provider", values="p50")
+    wide = wide[wide.index <= PROFILES["tiny"].e2e.check_epochs]
+    assert wide.notna().all().all(), wide  # every provider ran the whole check window
     gap = (wide.div(wide["nn"], axis=0) - 1).abs().max()
     assert (gap <= 0.01).all(), gap
 
