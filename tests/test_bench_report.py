@@ -1,5 +1,6 @@
 """The benchmark suite and its report builder, end to end at the tiny profile (seconds)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,11 +92,71 @@ def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run):
 
 
 def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
-    """bench/gpu_check.py's code paths (race check, accuracy, timing table) on CPU, tiny shapes."""
+    """bench/gpu_check.py's stages (race check, per-step timings in three precisions, end-to-end
+    tokens/s, SASS columns) on the CPU at tiny shapes, as one command."""
     proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "race check (persistent, repeated runs bit-identical): PASS" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("tiny ")  # the per-step table comes last
+    assert len(list(tmp_path.iterdir())) <= 8  # what a device session can bring back
+
     timings = pd.read_csv(tmp_path / "timings.csv")
     assert {"nn", "triton-cell", "triton-step", "triton-persistent"} <= set(timings["provider"])
-    assert (timings["rel_err"] <= 1e-5).all()
+    assert {"fp32-ieee", "fp32-tf32", "bf16"} <= set(timings["precision"])
+    assert {"forward", "forward_backward"} == set(timings["mode"])
+    fp32 = timings[timings["precision"].str.startswith("fp32")]
+    assert (fp32["rel_err"] <= 1e-5).all()  # the interpreter's dots are exact whatever the switch says
+    assert (timings[timings["precision"] == "bf16"]["rel_err"] <= 1e-2).all()
+    switch = timings.set_index("precision")["cudnn_allow_tf32"]
+    assert not switch.loc[["fp32-ieee"]].any() and switch.loc[["fp32-tf32"]].all()
+    assert (timings["us_per_step"] * timings["T"] / 1e3 - timings["ms"]).abs().max() < 1e-9
+
+    e2e = pd.read_csv(tmp_path / "e2e.csv")
+    assert set(e2e["implementation"]) == {"nn", "triton-auto", "triton-persistent", "naive"}
+    assert e2e["train_perplexity"].between(1, 28).all()  # finite, and no worse than chance over 28 tokens
+    same_epochs = e2e[e2e["epochs"] == e2e["epochs"].max()]
+    assert same_epochs["train_perplexity"].max() / same_epochs["train_perplexity"].min() - 1 <= 1e-4
+
+    checks = json.loads((tmp_path / "checks.json").read_text())
+    assert checks["sass"]["arch"] == "sm_90" and checks["sass"]["rows"], checks["sass"]
+    assert {r["shape"] for r in checks["sass"]["rows"]} == {"d2l", "large"}
+    assert "SASS, sm_90" in proc.stdout
+
+
+def test_tf32_switches_set_both_flags_and_restore_them():
+    import torch
+
+    from bench.gpu_stages import tf32_switches
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    for enabled in (True, False):
+        with tf32_switches(enabled):
+            assert torch.backends.cudnn.allow_tf32 is enabled and torch.backends.cuda.matmul.allow_tf32 is enabled
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == saved
+    with pytest.raises(RuntimeError), tf32_switches(not saved[0]):
+        raise RuntimeError("restored on the way out too")
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == saved
+
+
+def test_accuracy_check_fails_nan_and_errors_beyond_tolerance_and_nn():
+    from bench.gpu_check import accuracy_table
+
+    rows = [("nn", 3e-5), ("triton-cell", 5e-5), ("triton-step", 7e-5), ("triton-persistent", float("inf"))]
+    layers = pd.DataFrame([{"shape": "large", "precision": "fp32-ieee", "provider": p, "rel_err": e,
+                            "tolerance": 1e-5} for p, e in rows])
+    ok = accuracy_table(layers).set_index("provider")["ok"]
+    # within 2x nn.LSTM's own error passes; beyond it, or not finite (rel_err's NaN), fails
+    assert ok.to_dict() == {"nn": True, "triton-cell": True, "triton-step": False, "triton-persistent": False}
+
+
+def test_sass_rows_keep_the_marked_configurations_and_note_missing_columns():
+    from bench.gpu_sass import shape_rows
+
+    builds = [{"kernel": "a", "d2l_shape": True, "large_shape": False, "registers": 40},
+              {"kernel": "b", "d2l_shape": False, "large_shape": True, "mma_instructions": 64},
+              {"kernel": "c", "d2l_shape": False, "large_shape": False}]
+    got = shape_rows(builds)
+    assert [(r["shape"], r["kernel"]) for r in got["rows"]] == [("d2l", "a"), ("large", "b")]
+    assert got["rows"][0]["mma_instructions"] == "—" and got["rows"][1]["mma_instructions"] == 64
+    assert "useful_mac_fraction" in got["note"] and "mma_instructions" not in got["note"]
