@@ -160,3 +160,18 @@ def test_sass_rows_keep_the_marked_configurations_and_note_missing_columns():
     assert [(r["shape"], r["kernel"]) for r in got["rows"]] == [("d2l", "a"), ("large", "b")]
     assert got["rows"][0]["mma_instructions"] == "—" and got["rows"][1]["mma_instructions"] == 64
     assert "useful_mac_fraction" in got["note"] and "mma_instructions" not in got["note"]
+
+
+def test_cpu_profile_trims_where_a_cpu_user_learns_least():
+    """`make bench` on a CPU stays under 15 minutes: interpreted cases (correctness runs) and the
+    large shape (seconds per round) get one round and no warm-up round; naive and nn still train
+    to d2l's convergence while the interpreted Triton runs stay short."""
+    from bench.cases import PROFILES
+
+    cpu = PROFILES["cpu"]
+    assert cpu.rounds_for("d2l", interpreted=True) == (1, 0)
+    assert cpu.rounds_for("large", interpreted=False) == (cpu.large_rounds, 0)
+    assert cpu.rounds_for("d2l", interpreted=False) == (cpu.rounds, cpu.warmup_rounds)
+    assert cpu.e2e_epochs(interpreted=False) == 500
+    assert cpu.e2e_epochs(interpreted=True) == cpu.e2e.check_epochs < 500
+    assert PROFILES["gpu"].e2e_epochs(interpreted=False) == PROFILES["gpu"].e2e_epochs(interpreted=True) == 500
