@@ -73,6 +73,7 @@ def test_every_relative_readme_link_is_a_tracked_file():
     assert not missing, (
         f"README.md links to {len(missing)} path(s) that git does not track (broken in a fresh clone): "
         + ", ".join(missing)
-        + ". Commit them (e.g. `python -m bench.run --publish docs/results/cpu` then `git add docs/results/cpu`) "
+        + ". Commit them (e.g. `make bench BENCH_ARGS=\"--publish docs/results/cpu\"`, then "
+        "`git add docs/results/cpu`) "
         "or fix the links."
     )
