@@ -17,8 +17,8 @@ PY="${PYTHON:-python}"
   "$PY" -m pip install --no-deps --no-build-isolation -e . \
     || echo "pip install failed; running from the source tree"; } > "$OUT/setup.log" 2>&1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# The stages' own deadlines add up to 430 s; this one only catches what they cannot.
-timeout --kill-after=10 460 "$PY" -m bench.gpu_check --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
+# The stages' own deadlines add up to 440 s; this one only catches what they cannot.
+timeout --kill-after=5 455 "$PY" -m bench.gpu_check --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
 status=${PIPESTATUS[0]}
-[ "$status" = 124 ] && echo "gpu_check: TIMEOUT after 460 s (deadlock guard); partial results in $OUT" >&2
+[ "$status" = 124 ] && echo "gpu_check: TIMEOUT after 455 s (deadlock guard); partial results in $OUT" >&2
 exit "$status"
