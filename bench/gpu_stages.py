@@ -36,7 +36,6 @@ if not torch.cuda.is_available():
 
 from bench.measure import make_inputs, operation, rel_err  # noqa: E402
 from bench.providers import build_layer, reference_weights, status  # noqa: E402
-from lstm_triton.kernels.launch_config import dot_precision  # noqa: E402
 
 LEVELS = ("triton-cell", "triton-step", "triton-persistent")
 LAYER_PROVIDERS = ("nn", *LEVELS)
@@ -67,6 +66,17 @@ def tf32_switches(enabled: bool | None):
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def triton_dot_precision(dtype: torch.dtype) -> str:
+    """What our launchers pick for tl.dot under the current switches ("unknown" if the launcher's
+    helper changed: this column is a record, the timing does not depend on it)."""
+    try:
+        from lstm_triton.kernels.launch_config import dot_precision
+
+        return str(dot_precision(dtype))
+    except (ImportError, TypeError):
+        return "unknown"
 
 
 def _append(parts: Path, stage: str, record: dict) -> None:
@@ -167,7 +177,7 @@ def stage_layers(parts: Path, device, smoke: bool) -> None:
                             "tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
                             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                            "triton_dot_precision": dot_precision(dtype)})
+                            "triton_dot_precision": triton_dot_precision(dtype)})
 
 
 # ------------------------------------------------------------------------------------------ e2e
