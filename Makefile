@@ -1,12 +1,14 @@
 # Two entry points, each bootstrapping .venv on a fresh clone:
 #   make test    set up + the correctness tests (CPU; Triton kernels run under TRITON_INTERPRET=1)
 #   make bench   set up + the benchmark comparison, reports written to results/
+#                (BENCH_ARGS="--publish docs/results/cpu" also copies them where README.md links)
 # TORCH_SPEC picks the torch wheel: the default takes the CPU build this project's machines carry;
 # on a GPU machine use e.g. `make test TORCH_SPEC=torch` (any torch >= 2.11 works).
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+BENCH_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -29,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m bench.run --out results
+	$(PY) -m bench.run --out results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .benchmarks *.egg-info

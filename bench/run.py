@@ -1,15 +1,20 @@
 """``make bench``: run the benchmark suite, then build the reports.
 
     python -m bench.run [--out results] [--profile auto|gpu|cpu|tiny] [--providers nn,triton-step]
+                        [--publish docs/results/cpu]
+    make bench BENCH_ARGS="--publish docs/results/cpu"     # the same through make
 
 Runs ``pytest bench --benchmark-only`` with the chosen profile (auto: gpu with CUDA, else cpu),
 saves pytest-benchmark's JSON as ``OUT/benchmark.json``, then writes ``OUT/results.csv``, the PNG
-plots and ``OUT/summary.md``. Exits with pytest's status, after writing whatever was measured.
+plots and ``OUT/summary.md``. ``--publish DIR`` then copies the reports (not the raw JSON, which
+holds host details) to DIR, e.g. the ``docs/results/cpu/`` that README.md links to; commit them
+from there. Exits with pytest's status, after writing whatever was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,11 +26,20 @@ from bench.report import build_reports
 BENCH_DIR = Path(__file__).resolve().parent
 
 
+def publish(paths: dict[str, Path], dest: str | Path) -> list[Path]:
+    """Copy the report files in ``paths`` (build_reports' result) into ``dest``; return the copies."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(path, dest / path.name)) for path in paths.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results")
     parser.add_argument("--profile", default="auto", choices=("auto", "gpu", "cpu", "tiny"))
     parser.add_argument("--providers", default=None, help="comma-separated subset of the providers")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="also copy the reports (CSV, plots, summary.md) to DIR, e.g. docs/results/cpu")
     args, extra = parser.parse_known_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = build_reports(json_path, out)
     print(paths["summary"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.publish:
+        copies = publish(paths, args.publish)
+        print(f"published {len(copies)} files to {args.publish} (commit them with `git add {args.publish}`)")
     return int(status)
 
 

@@ -1,7 +1,12 @@
 """End-to-end: the d2l char LM trained with each provider from identical weights and data order.
 
-Records per-epoch tokens/s and training/validation perplexity, and the final predictions. Every
-provider's perplexity must stay within 1% of nn.LSTM's at the same epoch (nn runs first).
+Records per-epoch tokens/s and training/validation perplexity, and the final predictions (d2l's
+greedy ``predict`` after the prefixes 'time traveller' and 'traveller', 50 characters). Timed
+providers train ``profile.e2e.epochs`` epochs (500 on CPU and GPU: d2l's convergence); Triton under
+the interpreter trains ``interpreted_epochs`` (a correctness run). Over the first
+``check_epochs`` epochs every provider's training perplexity must stay within 1% of nn.LSTM's at
+the same epoch (nn runs first); the gap over all shared epochs is recorded, not asserted, because
+fp32 rounding differences between implementations can grow over a long run.
 """
 
 import math
@@ -15,7 +20,18 @@ from lstm_triton.model import predict
 from lstm_triton.train import TrainConfig, Trainer
 
 PPL_TOLERANCE = 0.01
+PREFIXES = ("time traveller", "traveller")
 _nn_perplexity: dict[int, float] = {}  # epoch -> nn.LSTM's training perplexity, this session
+
+
+def max_rel_gap(ppl: dict[int, float], ref: dict[int, float], last_epoch: int | None = None) -> float:
+    """max |ppl/ref - 1| over the epochs both have (up to ``last_epoch``); NaN if none; inf if a
+    perplexity is not finite (so a NaN run never passes)."""
+    epochs = [e for e in ppl if e in ref and (last_epoch is None or e <= last_epoch)]
+    if not epochs:
+        return math.nan
+    gaps = [abs(ppl[e] / ref[e] - 1) for e in epochs]
+    return max(g if math.isfinite(g) else math.inf for g in gaps)
 
 
 def test_e2e_training(benchmark, e2e_provider, profile, device, machine):
@@ -24,9 +40,9 @@ def test_e2e_training(benchmark, e2e_provider, profile, device, machine):
         pytest.skip(f"{e2e_provider}: {st.reason}")
     impl, fusion = IMPL_OF[e2e_provider]
     e2e = profile.e2e
-    cfg = TrainConfig(impl=impl, fusion=fusion, epochs=e2e.epochs, hidden_size=e2e.hidden_size,
-                      batch_size=e2e.batch_size, num_steps=e2e.num_steps, max_tokens=e2e.max_tokens,
-                      val_tokens=e2e.val_tokens, seed=0)
+    cfg = TrainConfig(impl=impl, fusion=fusion, epochs=profile.e2e_epochs(st.interpreted),
+                      hidden_size=e2e.hidden_size, batch_size=e2e.batch_size, num_steps=e2e.num_steps,
+                      max_tokens=e2e.max_tokens, val_tokens=e2e.val_tokens, seed=0)
     trainer = Trainer(cfg, device)
     bar = tqdm(total=cfg.epochs, desc=f"e2e {e2e_provider}", unit="epoch", leave=False)
 
@@ -40,16 +56,18 @@ def test_e2e_training(benchmark, e2e_provider, profile, device, machine):
     benchmark.extra_info.update({
         "provider": e2e_provider, "mode": "e2e_training", "shape": "d2l-char-lm", "dtype": "fp32",
         "interpreted": st.interpreted, "machine": machine, "config": cfg.__dict__,
+        "check_epochs": e2e.check_epochs,
         "epochs": metrics.to_dict("records"),
         "tokens_per_sec_median": float(metrics["tokens_per_sec"].median()),
-        "predictions": {p: predict(trainer.model, p, 50, trainer.data.vocab, device)
-                        for p in ("time traveller", "traveller")},
+        "predictions": {p: predict(trainer.model, p, 50, trainer.data.vocab, device) for p in PREFIXES},
     })
     ppl = dict(zip(metrics["epoch"], metrics["train_perplexity"]))
+    assert all(math.isfinite(p) for p in ppl.values()), f"{e2e_provider}: non-finite training perplexity"
     if e2e_provider == "nn":
         _nn_perplexity.update(ppl)
     elif _nn_perplexity:
-        worst = max(abs(ppl[e] / _nn_perplexity[e] - 1) for e in ppl)
+        worst = max_rel_gap(ppl, _nn_perplexity, e2e.check_epochs)
         benchmark.extra_info["max_ppl_rel_diff_vs_nn"] = worst
-        assert worst <= PPL_TOLERANCE, f"{e2e_provider} perplexity differs from nn.LSTM's by {worst:.2%}"
-    assert all(math.isfinite(p) for p in ppl.values())
+        benchmark.extra_info["max_ppl_rel_diff_vs_nn_all_epochs"] = max_rel_gap(ppl, _nn_perplexity)
+        assert worst <= PPL_TOLERANCE, (f"{e2e_provider} perplexity differs from nn.LSTM's by {worst:.2%} "
+                                        f"within the first {e2e.check_epochs} epochs")

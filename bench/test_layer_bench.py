@@ -46,6 +46,7 @@ def test_layer(benchmark, layer_case, profile, device, machine):
         "max_rel_err": max(errors.values()), "tolerance": tol, "machine": machine,
         "kernel_ms": kernel_latency_ms(run, device), "peak_mem_mb": peak_memory_mb(run, device),
     })
-    benchmark.pedantic(run, rounds=profile.rounds, warmup_rounds=1, iterations=1)
+    rounds, warmup_rounds = profile.rounds_for(shape.name, st.interpreted)
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"{case.provider} disagrees with float64 nn.LSTM beyond {tol}: {bad}"

@@ -1,0 +1,82 @@
+"""The GPU check's SASS stage: ``python -m lstm_triton.kernel_report --arch ARCH --json`` for the
+device's own architecture (sm_90 when there is no GPU or the report does not know the device's),
+started in the background, and the rows it marks as the d2l and large configurations.
+
+The tensor-core columns (``mma_instructions``, ``useful_mac_fraction``) are shown when the report
+has them; an older report without them gives a note, not a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TENSOR_CORE_COLUMNS = ("mma_instructions", "useful_mac_fraction")
+COLUMNS = ("shape", "kernel", "level", "dtype", "num_warps", "registers", "spill_bytes", "shared_bytes",
+           *TENSOR_CORE_COLUMNS)
+REPORT_ARCHES = ("sm_80", "sm_90")  # what kernel_report --arch accepts
+
+
+def device_arch() -> tuple[str, str]:
+    """(arch for kernel_report, why): the device's own when the report knows it, else sm_90."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        own = f"sm_{major}{minor}"
+        if own in REPORT_ARCHES:
+            return own, "the device's own architecture"
+        return "sm_90", f"kernel_report has no {own}; sm_90 instead"
+    return "sm_90", "no GPU: sm_90"
+
+
+class SassReport:
+    """``kernel_report`` running in a subprocess (TRITON_INTERPRET unset: it compiles for a GPU)."""
+
+    def __init__(self, out_json: Path, arch: str):
+        self.out_json, self.arch, self.start = out_json, arch, time.perf_counter()
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        self._stdout = open(out_json, "w")
+        # niced: it compiles on every core while the CUDA tests compile their kernels too
+        self.proc = subprocess.Popen([sys.executable, "-m", "lstm_triton.kernel_report", "--arch", arch, "--json"],
+                                     stdout=self._stdout, stderr=subprocess.PIPE, text=True, env=env,
+                                     preexec_fn=lambda: os.nice(10), start_new_session=True)
+
+    def collect(self, timeout_s: float) -> dict:
+        """Wait at most ``timeout_s``; the d2l/large rows, or a note saying why there are none."""
+        try:
+            _, err = self.proc.communicate(timeout=max(timeout_s, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: the compile workers too
+            self.proc.communicate()
+            self._stdout.close()
+            return {"arch": self.arch, "rows": [], "note": f"kernel_report did not finish within its deadline "
+                                                           f"({time.perf_counter() - self.start:.0f} s)"}
+        self._stdout.close()
+        seconds = round(time.perf_counter() - self.start, 1)
+        if self.proc.returncode != 0:
+            last = (err or "").strip().splitlines()[-1:] or [""]
+            return {"arch": self.arch, "rows": [], "seconds": seconds,
+                    "note": f"kernel_report exited {self.proc.returncode}: {last[0]}"}
+        try:
+            builds = json.loads(self.out_json.read_text())
+        except json.JSONDecodeError as exc:
+            return {"arch": self.arch, "rows": [], "seconds": seconds, "note": f"kernel_report JSON unreadable: {exc}"}
+        return {"arch": self.arch, "seconds": seconds, **shape_rows(builds)}
+
+
+def shape_rows(builds: list[dict]) -> dict:
+    """Rows of the builds marked d2l_shape / large_shape, with COLUMNS ("—" where a column is absent)."""
+    rows = []
+    for build in builds:
+        for flag, shape in (("d2l_shape", "d2l"), ("large_shape", "large")):
+            if build.get(flag):
+                rows.append({c: shape if c == "shape" else build.get(c, "—") for c in COLUMNS})
+    missing = [c for c in TENSOR_CORE_COLUMNS if not any(c in b for b in builds)]
+    note = (f"this kernel_report has no {', '.join(missing)} column(s) yet" if missing else "")
+    return {"rows": rows, "note": note, "builds": len(builds)}

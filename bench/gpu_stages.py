@@ -1,0 +1,222 @@
+"""The GPU check's measuring stages, each run in its own process so a deadline can stop it.
+
+    python -m bench.gpu_stages STAGE --parts DIR [--smoke]     (bench/gpu_check.py calls this)
+
+Stages (each appends JSON records to ``DIR/STAGE.jsonl`` as it goes, so a stage stopped at its
+deadline still leaves what it measured):
+
+- ``race``: the persistent level run repeatedly on the same inputs; outputs and every gradient
+  must be bit-identical (a missing barrier shows up as run-to-run differences).
+- ``layers``: microseconds per time step (forward, forward+backward; ``triton.testing.do_bench``
+  medians on CUDA) for nn.LSTM and every Triton level, in three precisions: fp32 with IEEE dots
+  (``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32`` False), fp32
+  with TF32 (both True) and bf16, plus each forward output's error against float64 nn.LSTM.
+- ``e2e``: the d2l char LM for a few epochs per implementation from identical weights
+  (``lstm_triton.train.Trainer``): median epoch tokens/s and perplexity.
+
+``--smoke`` runs every stage at tiny sizes on the CPU (Triton under the interpreter: correctness
+runs, not timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
+
+from bench.measure import make_inputs, operation, rel_err  # noqa: E402
+from bench.providers import build_layer, reference_weights, status  # noqa: E402
+
+LEVELS = ("triton-cell", "triton-step", "triton-persistent")
+LAYER_PROVIDERS = ("nn", *LEVELS)
+# (name, T, B, I, H): the d2l shape and the cuDNN/FlashRNN comparison point.
+GPU_SHAPES = (("d2l", 35, 32, 28, 256), ("large", 1024, 16, 768, 768))
+SMOKE_SHAPES = (("tiny", 6, 3, 5, 20),)
+# precision -> (dtype, TF32 switches: True/False, or None to leave them as they are)
+PRECISIONS = {"fp32-ieee": (torch.float32, False), "fp32-tf32": (torch.float32, True), "bf16": (torch.bfloat16, None)}
+# Relative error vs float64 (DESIGN.md): exact fp32 dots 1e-5, tf32 1e-3, bf16 1e-2.
+TOLERANCE = {"fp32-ieee": 1e-5, "fp32-tf32": 1e-3, "bf16": 1e-2}
+# (label, impl, fusion, epochs): "naive briefly"; epoch 1 includes compilation, hence the median.
+GPU_E2E = (("nn", "nn", "auto", 6), ("triton-auto", "triton", "auto", 6),
+           ("triton-persistent", "triton", "persistent", 6), ("naive", "naive", "auto", 3))
+SMOKE_E2E = (("nn", "nn", "auto", 2), ("triton-auto", "triton", "auto", 2),
+             ("triton-persistent", "triton", "persistent", 2), ("naive", "naive", "auto", 1))
+SMOKE_E2E_SIZES = {"hidden_size": 16, "batch_size": 4, "num_steps": 6, "max_tokens": 400, "val_tokens": 120}
+
+
+@contextmanager
+def tf32_switches(enabled: bool | None):
+    """Set the switches users flip for TF32 — cuDNN's (nn.LSTM follows it) and cuBLAS matmul's (the
+    GEMMs around our kernels) — and restore both afterwards. None leaves them as they are."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    if enabled is not None:
+        cudnn.allow_tf32 = matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def triton_dot_precision(dtype: torch.dtype) -> str:
+    """What our launchers pick for tl.dot under the current switches ("unknown" if the launcher's
+    helper changed: this column is a record, the timing does not depend on it)."""
+    try:
+        from lstm_triton.kernels.launch_config import dot_precision
+
+        return str(dot_precision(dtype))
+    except (ImportError, TypeError):
+        return "unknown"
+
+
+def _append(parts: Path, stage: str, record: dict) -> None:
+    with open(parts / f"{stage}.jsonl", "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    print(f"  [{stage}] " + " ".join(f"{k}={_short(v)}" for k, v in record.items()), flush=True)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # surfaces a barrier timeout (device-side assert) here
+
+
+# ----------------------------------------------------------------------------------------- race
+
+
+def race_check(provider: str, shape, dtype: torch.dtype, device, repeats: int) -> dict:
+    """Same inputs ``repeats`` times: outputs and every gradient must be bit-identical."""
+    name, T, B, I, H = shape
+    layer = build_layer(provider, reference_weights(I, H), device, dtype)
+    results = []
+    for _ in range(repeats):
+        inputs = make_inputs(T, B, I, H, device, dtype, seed=3)
+        out, (h, c) = layer(inputs.x, (inputs.h0, inputs.c0))
+        out.backward(inputs.dy)
+        tensors = [out, h, c, inputs.x.grad, inputs.h0.grad, inputs.c0.grad] + [p.grad for p in layer.parameters()]
+        results.append([t.detach().clone() for t in tensors])
+        layer.zero_grad(set_to_none=True)
+    _sync(device)
+    identical = all(torch.equal(a, b) for run in results[1:] for a, b in zip(results[0], run))
+    return {"provider": provider, "shape": name, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+            "bit_identical": identical}
+
+
+def stage_race(parts: Path, device, smoke: bool) -> None:
+    cases = [(SMOKE_SHAPES[0], torch.float32)] if smoke else [(GPU_SHAPES[0], torch.float32),
+                                                              (GPU_SHAPES[1], torch.bfloat16)]
+    for shape, dtype in cases:
+        if status("triton-persistent", device, dtype).available:
+            _append(parts, "race", race_check("triton-persistent", shape, dtype, device, repeats=3 if smoke else 5))
+
+
+# --------------------------------------------------------------------------------------- layers
+
+
+@lru_cache(maxsize=2)
+def _expected_output(T: int, B: int, I: int, H: int) -> torch.Tensor:
+    weights = reference_weights(I, H)
+    ref = build_layer("nn", {k: v.double() for k, v in weights.items()}, "cpu", torch.float64)
+    inputs = make_inputs(T, B, I, H, "cpu", torch.float64)
+    with torch.no_grad():
+        return ref(inputs.x, (inputs.h0, inputs.c0))[0]
+
+
+def accuracy(layer, shape, dtype: torch.dtype, device) -> float:
+    """Forward output of ``layer`` vs nn.LSTM in float64 on the CPU (relative error)."""
+    name, T, B, I, H = shape
+    inputs = make_inputs(T, B, I, H, "cpu", torch.float64)
+    with torch.no_grad():
+        got, _ = layer(inputs.x.to(device, dtype), (inputs.h0.to(device, dtype), inputs.c0.to(device, dtype)))
+    return rel_err(got, _expected_output(T, B, I, H))
+
+
+def time_ms(run, device) -> float:
+    """Median milliseconds: triton.testing.do_bench on CUDA; one timed call elsewhere."""
+    run()  # compile and warm up outside the clock
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median"))
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
+
+
+def stage_layers(parts: Path, device, smoke: bool) -> None:
+    for shape in SMOKE_SHAPES if smoke else GPU_SHAPES:
+        name, T, B, I, H = shape
+        for precision, (dtype, tf32) in PRECISIONS.items():
+            for provider in LAYER_PROVIDERS:
+                st = status(provider, device, dtype)
+                if not st.available:
+                    print(f"  [layers] skip {name} {precision} {provider}: {st.reason}", flush=True)
+                    continue
+                with tf32_switches(tf32):
+                    layer = build_layer(provider, reference_weights(I, H), device, dtype)
+                    err = accuracy(layer, shape, dtype, device)
+                    for mode in ("forward", "forward_backward"):
+                        run = operation(mode, layer, make_inputs(T, B, I, H, device, dtype, seed=1), device)
+                        ms = time_ms(run, device)
+                        _append(parts, "layers", {
+                            "shape": name, "T": T, "B": B, "I": I, "H": H, "precision": precision, "mode": mode,
+                            "provider": provider, "ms": ms, "us_per_step": ms * 1e3 / T, "rel_err": err,
+                            "tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
+                            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                            "triton_dot_precision": triton_dot_precision(dtype)})
+
+
+# ------------------------------------------------------------------------------------------ e2e
+
+
+def stage_e2e(parts: Path, device, smoke: bool) -> None:
+    from lstm_triton.train import TrainConfig, Trainer
+
+    sizes = SMOKE_E2E_SIZES if smoke else {}
+    for label, impl, fusion, epochs in SMOKE_E2E if smoke else GPU_E2E:
+        trainer = Trainer(TrainConfig(impl=impl, fusion=fusion, epochs=epochs, seed=0, **sizes), device)
+        metrics = trainer.fit()
+        _append(parts, "e2e", {
+            "implementation": label, "impl": impl, "fusion": fusion, "epochs": epochs,
+            "tokens_per_sec_median": float(metrics["tokens_per_sec"].median()),
+            "train_perplexity": float(metrics["train_perplexity"].iloc[-1]),
+            "val_perplexity": float(metrics["val_perplexity"].iloc[-1]),
+            "train_perplexity_per_epoch": [float(p) for p in metrics["train_perplexity"]],
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "interpreted": impl == "triton" and device.type != "cuda"})
+
+
+STAGES = {"race": stage_race, "layers": stage_layers, "e2e": stage_e2e}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=tuple(STAGES))
+    parser.add_argument("--parts", required=True, help="folder for the stage's JSON-lines records")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpreter)")
+    args = parser.parse_args(argv)
+    parts = Path(args.parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    STAGES[args.stage](parts, device, args.smoke)
+    _sync(device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
