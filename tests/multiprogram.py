@@ -112,9 +112,6 @@ class Harness:
     park: int = 16
     launches: list[Launch] = field(default_factory=list)
 
-    def launches_of(self, kernel: str) -> list[Launch]:
-        return [launch for launch in self.launches if launch.kernel == kernel]
-
 
 _local = threading.local()  # .grid: the _GridRun this thread is a program of; .slot: its index
 _state: dict = {"harness": None}
