@@ -1,9 +1,13 @@
 """Shared helpers for the tests."""
 
 import torch
+from torch import nn
+
+import lstm_triton
 
 # Where the Triton kernels run: CUDA when present, else CPU tensors under TRITON_INTERPRET=1.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -41,3 +45,59 @@ def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int
 
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs()).max())
+
+
+def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
+                    unbatched=False, bias=True, with_state=True, dtype=torch.float32, seed=0, dropout=0.0,
+                    train=False, layer_class=None, before_backward=None):
+    """Run both on the same weights/inputs/upstream grads; return {name: relative error}.
+
+    ``before_backward``: called between our forward and our backward (e.g. to break only the
+    backward kernel in a negative control)."""
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                  dropout=dropout)
+    ref = nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+    if layer_class is None:
+        ours = lstm_triton.LSTM(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype, **kwargs)
+    else:  # a baseline in the same precision, e.g. nn.LSTM in fp32
+        ours = layer_class(I, H, device=DEVICE, dtype=dtype, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    ref.train(train)
+    ours.train(train)
+
+    D = 2 if bidirectional else 1
+    x_shape = (T, I) if unbatched else ((B, T, I) if batch_first else (T, B, I))
+    s_shape = (num_layers * D, H) if unbatched else (num_layers * D, B, H)
+    leaves64 = [torch.randn(x_shape, generator=gen, dtype=torch.float64)]
+    if with_state:
+        leaves64 += [torch.randn(s_shape, generator=gen, dtype=torch.float64) for _ in range(2)]
+    leaves64 = [t.requires_grad_() for t in leaves64]
+    leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in leaves64]
+
+    def run(model, xs):
+        out, (h, c) = model(xs[0], (xs[1], xs[2]) if with_state else None)
+        return out, h, c
+
+    expected = run(ref, leaves64)
+    actual = run(ours, leaves)
+    upstream = [torch.randn(e.shape, generator=gen, dtype=torch.float64) for e in expected]
+    sum(((e * u).sum() for e, u in zip(expected, upstream)), torch.zeros((), dtype=torch.float64)).backward()
+    if before_backward is not None:
+        before_backward()
+    sum((a.float() * u.to(a.device, torch.float32)).sum() for a, u in zip(actual, upstream)).backward()
+
+    errors = {name: rel_err(a, e) for name, a, e in zip(("output", "h_n", "c_n"), actual, expected)}
+    for name, a, e in zip(("d_input", "d_h0", "d_c0"), leaves, leaves64):
+        errors[name] = rel_err(a.grad, e.grad)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        errors[f"d_{name}"] = rel_err(p.grad, q.grad)
+    return errors
+
+
+def assert_close(errors, dtype=torch.float32):
+    bad = {k: v for k, v in errors.items() if not v <= TOL[dtype]}
+    assert not bad, f"relative errors above {TOL[dtype]}: {bad}"
