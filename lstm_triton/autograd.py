@@ -33,7 +33,7 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
 def run_layer(fusion: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """One direction of one layer on the kernels, time-major; ``(y (T,B,H), h_n (B,H), c_n (B,H))``."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
-    y, c_n, _, _ = torch.ops.lstm_triton.recurrence(xp, h0, c0, w_hh, fusion)
+    y, c_n, _, _ = Recurrence.apply(xp, h0, c0, w_hh, fusion)
     return y, y[-1].clone(), c_n  # h_n owns its storage, as nn.LSTM's does
 
 
@@ -105,3 +105,17 @@ def differentiable_backward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, dy
     dxp = torch.stack(dG)
     dw_hh = torch.einsum("tbg,tbh->gh", dxp, torch.stack(h_prev))
     return dxp, dh_rec, dc, dw_hh
+
+
+class Recurrence(torch.autograd.Function):
+    """``torch.ops.lstm_triton.recurrence`` with the same autograd formula, as an autograd.Function
+    with ``setup_context``: torch.func transforms (grad, vjp, jacrev) accept this form, not an
+    operator's registered autograd. The layer calls this; the operator's own registration serves
+    graphs that hold the bare operator (torch.export)."""
+
+    @staticmethod
+    def forward(xp, h0, c0, w_hh, fusion):
+        return torch.ops.lstm_triton.recurrence(xp, h0, c0, w_hh, fusion)
+
+    setup_context = staticmethod(recurrence_setup_context)
+    backward = staticmethod(recurrence_backward_formula)

@@ -21,6 +21,13 @@ from . import ops  # noqa: F401  (registers torch.ops.lstm_triton.*)
 from .autograd import run_layer
 from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, choose_fusion, log
 
+# torch.compile: dynamo refuses to trace any module that is an nn.RNN/GRU/LSTM (a blanket guard,
+# torch._dynamo.config.allow_rnn, off by default) and would break the graph around this layer, which
+# *is* an nn.LSTM. Its computation is traceable (custom operators with fake implementations), so the
+# switch is turned on. Side effect: plain nn.LSTMs in compiled models are traced too (torch's
+# experimental path; on CPU it compiles with eager, aot_eager and inductor in torch 2.13).
+torch._dynamo.config.allow_rnn = True
+
 EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn.LSTM's RuntimeError
 
 
@@ -184,8 +191,7 @@ class LSTM(nn.LSTM):
             backend = "torch"
         if backend == "torch":
             return super().forward(input, hx)
-        with _no_autocast(data, ac is not None):
-            return self._triton_forward(input, hx, ac)
+        return self._triton_forward(input, hx, ac)
 
     def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None):
         # Argument checks mirror nn.LSTM.forward, so errors have the same types and messages.
@@ -221,8 +227,17 @@ class LSTM(nn.LSTM):
         hx = (autocast_cast(hx[0], ac), autocast_cast(hx[1], ac))
         weights = {name: autocast_cast(getattr(self, name), ac) for name in self._flat_weights_names}
         _check_dtypes(input, {"hidden[0]": hx[0], "hidden[1]": hx[1]}, weights)
+        with _no_autocast(input, ac is not None):
+            output, (h_n, c_n) = self._layers(input.transpose(0, 1) if self.batch_first else input, hx, weights)
+        output = output.transpose(0, 1) if self.batch_first else output
+        if not batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
 
-        x = input.transpose(0, 1) if self.batch_first else input
+    def _layers(self, x: torch.Tensor, hx, weights: dict):
+        """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), (h_n, c_n) (L·D,B,H))``."""
+        directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
@@ -239,9 +254,4 @@ class LSTM(nn.LSTM):
             x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        output = x.transpose(0, 1) if self.batch_first else x
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if not batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
+        return x, (torch.stack(h_n), torch.stack(c_n))
