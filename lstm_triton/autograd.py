@@ -33,7 +33,10 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
 def run_layer(fusion: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """One direction of one layer on the kernels, time-major; ``(y (T,B,H), h_n (B,H), c_n (B,H))``."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
-    y, c_n, _, _ = Recurrence.apply(xp, h0, c0, w_hh, fusion)
+    # torch.jit.trace records an autograd.Function as an unsaveable Python op: give it the operator
+    # (whose registered autograd is the same formula).
+    apply = torch.ops.lstm_triton.recurrence if torch.jit.is_tracing() else Recurrence.apply
+    y, c_n, _, _ = apply(xp, h0, c0, w_hh, fusion)
     return y, y[-1].clone(), c_n  # h_n owns its storage, as nn.LSTM's does
 
 
@@ -74,11 +77,13 @@ def differentiable_backward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, dy
     """The recurrence's backward in plain torch ops (fp32), differentiable in every argument.
 
     ``xp (T,B,4H)``, ``h0, c0 (B,H)``, ``w_hh (4H,H)``, ``dy (T,B,H)`` (with dL/dh_n in its last
-    step), ``dc_n (B,H)``. Returns ``(dxp (T,B,4H), dh0, dc0 (B,H), dw_hh (4H,H))``, all fp32.
+    step), ``dc_n (B,H)``. Returns ``(dxp (T,B,4H), dh0, dc0 (B,H), dw_hh (4H,H))`` in fp32 (float64
+    when ``xp`` is float64: gradcheck).
     """
     T = xp.shape[0]
-    w = w_hh.float()
-    h, c = h0.float(), c0.float()
+    ct = torch.promote_types(xp.dtype, torch.float32)
+    w = w_hh.to(ct)
+    h, c = h0.to(ct), c0.to(ct)
     h_prev, c_prev, gates = [], [], []
     for t in range(T):  # recompute the forward: the saved activations are not in the graph
         i, f, g, o = (xp[t] + h @ w.t()).chunk(4, dim=1)
@@ -89,13 +94,13 @@ def differentiable_backward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, dy
         c = f * c + i * g
         h = o * torch.tanh(c)
     dh_rec = torch.zeros_like(h)
-    dc = dc_n.float()
+    dc = dc_n.to(ct)
     dG = [None] * T
     c_next = c
     for t in range(T - 1, -1, -1):
         i, f, g, o = gates[t]
         tanh_c = torch.tanh(c_next)
-        dh = dy[t].float() + dh_rec
+        dh = dy[t].to(ct) + dh_rec
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
         dG[t] = torch.cat([dc * g * i * (1 - i), dc * c_prev[t] * f * (1 - f), dc * i * (1 - g * g),
                            dh * tanh_c * o * (1 - o)], dim=1)
