@@ -23,10 +23,14 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
     """``x (T,B,I) dt`` -> ``xp (T,B,4H) fp32`` with both biases added (differentiable)."""
     T, B, I = x.shape
     H4 = w_ih.shape[0]
-    xp = torch.mm(x.reshape(T * B, I), w_ih.t()).float()
-    for b in (b_ih, b_hh):
-        if b is not None:
-            xp = xp + b.float()
+    x2 = x.reshape(T * B, I)
+    biases = [b.float() for b in (b_ih, b_hh) if b is not None]
+    bias = biases[0] + biases[1] if len(biases) == 2 else (biases[0] if biases else None)
+    if bias is not None and x.dtype == torch.float32:
+        xp = torch.addmm(bias, x2, w_ih.t())  # one GEMM with the bias in its epilogue
+    else:
+        xp = torch.mm(x2, w_ih.t()).float()
+        xp = xp if bias is None else xp + bias
     return xp.view(T, B, H4)  # explicit sizes: a view with -1 is ambiguous when T·B = 0
 
 

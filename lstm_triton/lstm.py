@@ -3,9 +3,18 @@ and ``lstm_triton.lstm``: the functional form for one layer.
 
 The module *is* an ``nn.LSTM`` (subclass): same constructor, parameter names, shapes, default
 initialisation and ``state_dict``; it only replaces the computation. Extra keyword arguments:
-``fusion`` (``auto``, ``cell``, ``step``) and ``backend`` (``auto``, ``triton``, ``torch``).
-PackedSequence input and ``proj_size > 0`` run on torch's kernel with ``backend='auto'`` and
-raise NotImplementedError with ``backend='triton'``.
+``fusion`` (``auto``, ``cell``, ``step``, ``persistent``) and ``backend`` (``auto``, ``triton``,
+``torch``). PackedSequence input and ``proj_size > 0`` run on torch's kernel with ``backend='auto'``
+and raise NotImplementedError with ``backend='triton'``.
+
+Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
+is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
+the autocast dtype (float64 excepted) and the results come out in it; devices and dtypes are
+checked before any kernel runs, with nn.LSTM's exception types. The recurrence is a PyTorch
+operator (``ops.py``): ``torch.compile`` (no graph break; compile with ``dynamic=True`` or
+``torch._dynamo.mark_dynamic(x, time_dim)`` for one graph across sequence lengths),
+``torch.export``, ``torch.jit.trace`` and ``torch.func`` (grad, vjp, jacrev) work, as do gradients of
+gradients (``create_graph=True``: computed by plain torch ops, see ``autograd.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops  # noqa: F401  (registers torch.ops.lstm_triton.*)
 from .autograd import run_layer
-from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, choose_fusion, log
+from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, log
 
 # torch.compile: dynamo refuses to trace any module that is an nn.RNN/GRU/LSTM (a blanket guard,
 # torch._dynamo.config.allow_rnn, off by default) and would break the graph around this layer, which
@@ -91,9 +100,7 @@ def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
         y, h, c = torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, b_ih is not None,
                                  1, 0.0, False, False, False)
         return y, h[0], c[0]
-    T, B, _ = x.shape
-    fusion = choose_fusion(fusion, B, w_hh.shape[1], x.dtype, x.device)
-    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh)  # the level is resolved in the operator
 
 
 def lstm(

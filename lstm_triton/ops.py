@@ -8,7 +8,10 @@
     dy (T,B,H) fp32 already holding dL/dh_n in its last step, dc_n (B,H) fp32;
     dG (T,B,4H) dt (pre-activation gradients), dh0 (B,H) dt, dc0 (B,H) fp32.
 
-``fusion`` is a resolved level (cell / step / persistent; :func:`lstm_triton.backend.choose_fusion`).
+``fusion`` is the requested level (auto / cell / step / persistent), resolved inside each operator
+by :func:`lstm_triton.backend.choose_fusion` from (B, H, dtype, device): the decision (which reads
+the GPU's properties) runs, and is logged, when the operator runs — also in a compiled graph or an
+exported program — and forward and backward resolve it identically.
 Each operator has a fake (meta) implementation with symbolic shapes, so ``torch.compile`` traces a
 model holding the layer without a graph break and without specialising on T, and
 ``torch.export`` captures it. The autograd formula (registered below, in ``autograd.py``) calls
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .backend import FUSIONS, choose_fusion
 from .kernels.lstm_cell import cell_backward, cell_forward
 from .kernels.lstm_persistent import persistent_backward, persistent_forward
 from .kernels.lstm_step import step_backward, step_forward
@@ -40,8 +44,8 @@ def _owned(t: Tensor) -> Tensor:
 
 
 def _check_fusion(fusion: str) -> None:
-    if fusion not in FORWARD:
-        raise ValueError(f"lstm_triton::recurrence: fusion must be one of {', '.join(FORWARD)}, got {fusion!r}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"lstm_triton::recurrence: fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
 
 
 @torch.library.custom_op("lstm_triton::recurrence", mutates_args=())
@@ -53,7 +57,7 @@ def recurrence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, fusion: str) ->
         y = xp.new_empty((T, B, H), dtype=dt)
         c_all = c0.float().expand(T + 1, B, H).clone()
         return y, c0.to(dt).clone(), c_all, xp.new_empty((T, B, H4))
-    y, c_all, acts = FORWARD[fusion](xp, h0, c0, w_hh)
+    y, c_all, acts = FORWARD[choose_fusion(fusion, B, H, dt, xp.device)](xp, h0, c0, w_hh)
     return _owned(y), c_all[-1].to(dt, copy=True), c_all, acts
 
 
@@ -74,7 +78,7 @@ def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, c_all: Tensor, a
     if B * H == 0:
         return (dy.new_zeros((T, B, 4 * H), dtype=dt), dy.new_zeros((B, H), dtype=dt),
                 dc_n.to(torch.float32, copy=True))
-    dG, dh0, dc0 = BACKWARD[fusion](dy.contiguous(), dc_n, w_hh, c_all, acts)
+    dG, dh0, dc0 = BACKWARD[choose_fusion(fusion, B, H, dt, dy.device)](dy.contiguous(), dc_n, w_hh, c_all, acts)
     return _owned(dG), _owned(dh0), _owned(dc0)
 
 

@@ -141,3 +141,12 @@ def test_bf16_under_the_interpreter_runs_at_the_cell_level_and_is_right(fusion, 
     assert max(errors.values()) <= 1e-2, errors
     y_fn = lstm_triton.lstm(x, *(getattr(ours, p) for p in PARAMS), fusion=fusion, backend="triton")[0]
     assert rel_err(y_fn, y_ref) <= 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device beside the CPU")
+@pytest.mark.parametrize("where", ["weights-on-cuda", "input-on-cuda"])
+def test_cuda_and_cpu_mixed_raise_nn_lstms_error(where, no_kernels):
+    """The issue's case: weights on one device, input on another (was a ValueError from the backend)."""
+    weights, inputs = ("cuda", "cpu") if where == "weights-on-cuda" else ("cpu", "cuda")
+    expected, actual = _same_error(lambda cls: cls(3, 5).to(weights)(torch.randn(4, 2, 3, device=inputs)))
+    assert actual == expected
