@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .backend import _debug
+
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
     """``x (T,B,I) dt`` -> ``xp (T,B,4H) fp32`` with both biases added (differentiable)."""
@@ -66,6 +68,7 @@ def recurrence_backward_formula(ctx, dy, dc_n, _dc_all, _dacts):
     if dc_n is None:
         dc_n = xp.new_zeros((B, H))
     if _needs_graph(dy, dc_n, xp, h0, c0, w_hh):
+        _debug("backward with create_graph: the layer's backward runs in torch ops (differentiable), not the kernels")
         dxp, dh0, dc0, dw_hh = differentiable_backward(xp, h0, c0, w_hh, dy, dc_n)
         return dxp, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh.to(dt), None
     dy32 = dy.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the operator reads it whole

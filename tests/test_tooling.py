@@ -85,6 +85,26 @@ def test_dynamo_sees_the_layer_without_a_graph_break():
     assert any("lstm_triton.recurrence" in str(g) for g in graphs)  # in the autograd.Function's forward body
 
 
+def test_the_compiled_backward_runs_the_kernel_backward_operator():
+    """AOTAutograd must trace the kernels' backward, not the torch recomputation meant for create_graph."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = {}
+
+    def keep(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = str(gm.graph)
+            return gm
+        return compiler
+
+    layer = lstm_triton.LSTM(3, 5, backend="triton", device=DEVICE)
+    compiled = torch.compile(layer, backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")))
+    y, (h, c) = compiled(torch.randn(4, 2, 3, device=DEVICE, requires_grad=True))
+    (y.sum() + c.sum()).backward()
+    assert "lstm_triton.recurrence.default" in graphs["fw"]
+    assert "lstm_triton.recurrence_backward.default" in graphs["bw"] and "tanh" not in graphs["bw"]
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="inductor needs a C compiler")
 def test_inductor_compiles_the_layer():
     torch.manual_seed(0)
