@@ -73,10 +73,16 @@ def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast gives an LSTM on ``x``'s device, or None when autocast is off there."""
+    """The dtype autocast gives an nn.LSTM on ``x``'s device, or None when autocast is off there.
+
+    CPU: the autocast dtype. CUDA: nn.LSTM runs cuDNN, whose autocast rule (ATen's
+    ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the autocast dtype, bf16 included.
+    """
     kind = x.device.type
     if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
         return None
+    if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+        return torch.float16
     return torch.get_autocast_dtype(kind)
 
 
