@@ -71,8 +71,7 @@ def recurrence_backward_formula(ctx, dy, dc_n, _dc_all, _dacts):
         _debug("backward with create_graph: the layer's backward runs in torch ops (differentiable), not the kernels")
         dxp, dh0, dc0, dw_hh = differentiable_backward(xp, h0, c0, w_hh, dy, dc_n)
         return dxp, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh.to(dt), None
-    dy32 = dy.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the operator reads it whole
-    dG, dh0, dc0 = torch.ops.lstm_triton.recurrence_backward(dy32, dc_n.float(), w_hh, c_all, acts, ctx.fusion)
+    dG, dh0, dc0 = torch.ops.lstm_triton.recurrence_backward(dy.float(), dc_n.float(), w_hh, c_all, acts, ctx.fusion)
     dw_hh = None
     if ctx.needs_input_grad[3]:
         h_prev = torch.cat([h0.to(dt).unsqueeze(0), y[:-1]]).reshape(T * B, H)

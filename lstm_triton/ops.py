@@ -78,8 +78,9 @@ def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, c_all: Tensor, a
     if B * H == 0:
         return (dy.new_zeros((T, B, 4 * H), dtype=dt), dy.new_zeros((B, H), dtype=dt),
                 dc_n.to(torch.float32, copy=True))
-    dG, dh0, dc0 = BACKWARD[choose_fusion(fusion, B, H, dt, dy.device)](dy.contiguous(), dc_n, w_hh, c_all, acts)
-    return _owned(dG), _owned(dh0), _owned(dc0)
+    # dG may be a slice of a (T+1)-step buffer: it never reaches the user (the layer's backward
+    # consumes it), so it is returned as is. dh0 and dc0 are fresh tensors.
+    return BACKWARD[choose_fusion(fusion, B, H, dt, dy.device)](dy.contiguous(), dc_n, w_hh, c_all, acts)
 
 
 @recurrence_backward.register_fake
