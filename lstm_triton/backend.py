@@ -4,6 +4,11 @@ backend ``auto``: Triton on CUDA tensors, and on CPU tensors when the Triton int
 (TRITON_INTERPRET=1); torch's own kernel (cuDNN / ATen) otherwise. ``triton`` on a CPU tensor
 without the interpreter is a ValueError. Every decision is logged at DEBUG level on the
 ``lstm_triton`` logger with its reason.
+
+A configuration the kernels cannot compute correctly never runs: it is refused with an error
+that says what to use instead, or routed to a level that can (with the reason in the log).
+Under the interpreter there is no bf16 ``tl.dot`` (numpy has no bfloat16), so bf16 at the step
+and persistent levels goes to cell, whose recurrent GEMM is torch's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ import torch
 from .kernels.launch_config import interpreter_on, persistent_config
 
 log = logging.getLogger("lstm_triton")
+
+
+def _debug(msg: str, *args) -> None:
+    # torch.compile cannot trace a logging call (it would break the graph around the layer); the
+    # decision is the same when compiled, and logged by the eager call it was traced from.
+    if not torch.compiler.is_compiling():
+        log.debug(msg, *args)
 
 BACKENDS = ("auto", "triton", "torch")
 FUSIONS = ("auto", "cell", "step", "persistent")
@@ -37,17 +49,20 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
                 f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got device {device}"
             )
         if dtype not in TRITON_DTYPES:
-            raise ValueError(f"backend='triton' supports float32, bfloat16 and float16 inputs, got {dtype}")
+            raise ValueError(
+                f"backend='triton' supports float32, bfloat16 and float16 inputs, got {dtype}; "
+                "use backend='torch' or backend='auto' (torch's kernel) for it"
+            )
         return "triton"
     if requested == "torch":
         return "torch"
     if not triton_ok:
-        log.debug("backend auto -> torch: %s tensor and the Triton interpreter is off", device.type)
+        _debug("backend auto -> torch: %s tensor and the Triton interpreter is off", device.type)
         return "torch"
     if dtype not in TRITON_DTYPES:
-        log.debug("backend auto -> torch: dtype %s has no Triton kernel", dtype)
+        _debug("backend auto -> torch: dtype %s has no Triton kernel", dtype)
         return "torch"
-    log.debug("backend auto -> triton: %s tensor", device.type)
+    _debug("backend auto -> triton: %s tensor", device.type)
     return "triton"
 
 
@@ -60,11 +75,15 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
+    if dtype == torch.bfloat16 and interpreter_on() and torch.device(device).type == "cpu" and requested != "cell":
+        _debug("fusion %s -> cell: bf16 under the Triton interpreter, which has no bf16 tl.dot "
+               "(step and persistent would compute wrong numbers)", requested)
+        return "cell"
     if requested in ("cell", "step"):
         return requested
     cfg, reason = persistent_config(batch, hidden, dtype, device, arch=arch, sms=sms)
     if cfg is not None:
-        log.debug("fusion %s -> persistent: B=%d H=%d %s: %s", requested, batch, hidden, dtype, reason)
+        _debug("fusion %s -> persistent: B=%d H=%d %s: %s", requested, batch, hidden, dtype, reason)
         return "persistent"
-    log.debug("fusion %s -> step: B=%d H=%d %s: persistent does not fit (%s)", requested, batch, hidden, dtype, reason)
+    _debug("fusion %s -> step: B=%d H=%d %s: persistent does not fit (%s)", requested, batch, hidden, dtype, reason)
     return "step"

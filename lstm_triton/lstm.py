@@ -3,32 +3,100 @@ and ``lstm_triton.lstm``: the functional form for one layer.
 
 The module *is* an ``nn.LSTM`` (subclass): same constructor, parameter names, shapes, default
 initialisation and ``state_dict``; it only replaces the computation. Extra keyword arguments:
-``fusion`` (``auto``, ``cell``, ``step``) and ``backend`` (``auto``, ``triton``, ``torch``).
-PackedSequence input and ``proj_size > 0`` run on torch's kernel with ``backend='auto'`` and
-raise NotImplementedError with ``backend='triton'``.
+``fusion`` (``auto``, ``cell``, ``step``, ``persistent``) and ``backend`` (``auto``, ``triton``,
+``torch``). PackedSequence input and ``proj_size > 0`` run on torch's kernel with ``backend='auto'``
+and raise NotImplementedError with ``backend='triton'``.
+
+Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
+is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
+the autocast dtype (float64 excepted) and the results come out in it; devices and dtypes are
+checked before any kernel runs, with nn.LSTM's exception types. The recurrence is a PyTorch
+operator (``ops.py``): ``torch.compile`` (no graph break; compile with ``dynamic=True`` or
+``torch._dynamo.mark_dynamic(x, time_dim)`` for one graph across sequence lengths),
+``torch.export``, ``torch.jit.trace`` and ``torch.func`` (grad, vjp, jacrev) work, as do gradients of
+gradients (``create_graph=True``: computed by plain torch ops, see ``autograd.py``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .autograd import FUNCTIONS
-from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, choose_fusion, log
+from . import ops  # noqa: F401  (registers torch.ops.lstm_triton.*)
+from .autograd import run_layer
+from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, log
+
+# torch.compile: dynamo refuses to trace any module that is an nn.RNN/GRU/LSTM (a blanket guard,
+# torch._dynamo.config.allow_rnn, off by default) and would break the graph around this layer, which
+# *is* an nn.LSTM. Its computation is traceable (custom operators with fake implementations), so the
+# switch is turned on. Side effect: plain nn.LSTMs in compiled models are traced too (torch's
+# experimental path; on CPU it compiles with eager, aot_eager and inductor in torch 2.13).
+torch._dynamo.config.allow_rnn = True
+
+EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn.LSTM's RuntimeError
 
 
 def _check_state(name: str, state: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Shape and device of one state tensor; RuntimeError with nn.LSTM's message."""
     if tuple(state.shape) != shape:
         raise RuntimeError(f"Expected {name} size {shape}, got {list(state.shape)}")
     if state.device != x.device:
         raise RuntimeError(
-            f"Input and hidden tensors are not at the same device, found input tensor at {x.device} "
-            f"and {name} tensor at {state.device}"
+            "Input and hidden tensors are not at the same device, found input tensor at "
+            f"{x.device} and hidden tensor at {state.device}"
         )
-    if state.dtype != x.dtype:
-        raise RuntimeError(f"{name} dtype ({state.dtype}) does not match input dtype ({x.dtype})")
+
+
+def _check_parameter_devices(x: torch.Tensor, weights) -> None:
+    """nn.LSTM's RuntimeError when a parameter is not on the input's device (checked before a
+    backend is chosen: the input's device alone does not decide where the layer can run)."""
+    for w in weights:
+        if w is not None and w.device != x.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{x.device} and parameter tensor at {w.device}"
+            )
+
+
+def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
+    """Every state and parameter in the input's dtype (after autocast's casts); RuntimeError otherwise."""
+    for name, t in states.items():
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
+    for name, w in weights.items():
+        if w is not None and w.dtype != x.dtype:
+            raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives an nn.LSTM on ``x``'s device, or None when autocast is off there.
+
+    CPU: the autocast dtype. CUDA: nn.LSTM runs cuDNN, whose autocast rule (ATen's
+    ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the autocast dtype, bf16 included.
+    """
+    kind = x.device.type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return None
+    if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+        return torch.float16
+    return torch.get_autocast_dtype(kind)
+
+
+def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype | None):
+    """nn.LSTM's autocast rule (ATen's lower-precision cast): every floating tensor except float64
+    goes to the autocast dtype; differentiable, so gradients come back in the tensor's own dtype."""
+    if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def _no_autocast(x: torch.Tensor, active: bool):
+    # The casts are done: torch's ops inside the layer must not cast again (e.g. the projection's fp32 sum).
+    return torch.autocast(x.device.type, enabled=False) if active else contextlib.nullcontext()
 
 
 def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
@@ -38,9 +106,7 @@ def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
         y, h, c = torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, b_ih is not None,
                                  1, 0.0, False, False, False)
         return y, h[0], c[0]
-    T, B, _ = x.shape
-    fusion = choose_fusion(fusion, B, w_hh.shape[1], x.dtype, x.device)
-    return FUNCTIONS[fusion].apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh)  # the level is resolved in the operator
 
 
 def lstm(
@@ -58,29 +124,50 @@ def lstm(
 
     ``input (T, B, I)``; ``weight_ih (4H, I)``, ``weight_hh (4H, H)``, biases ``(4H,)`` with gate
     rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None.
-    Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype.
+    Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype (under autocast:
+    the autocast dtype, as nn.LSTM), each owning its storage. B = 0 gives empty results.
+
+    Raises ValueError for a bad ``fusion``/``backend``, an input that is not 3-D, I = 0 or H = 0
+    (as nn.LSTM's constructor), ``backend='triton'`` where it cannot run; RuntimeError, with
+    nn.LSTM's messages, for T = 0, wrong shapes, and states or weights on another device or of
+    another dtype than the input.
     """
     check_choice("fusion", fusion, FUSIONS)
+    check_choice("backend", backend, BACKENDS)
     if input.dim() != 3:
         raise ValueError(f"lstm: expected input of shape (T, B, I), got {input.dim()}D")
     T, B, I = input.shape
-    H = weight_hh.shape[1]
+    H = weight_hh.shape[1] if weight_hh.dim() == 2 else -1
     if weight_ih.shape != (4 * H, I) or weight_hh.shape != (4 * H, H):
         raise RuntimeError(
             f"lstm: weight_ih must be (4H, I) = {(4 * H, I)} and weight_hh (4H, H) = {(4 * H, H)}, "
             f"got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
         )
-    if (bias_ih is None) != (bias_hh is None):
-        zero = torch.zeros(4 * H, dtype=input.dtype, device=input.device)
-        bias_ih = zero if bias_ih is None else bias_ih
-        bias_hh = zero if bias_hh is None else bias_hh
+    if I == 0:
+        raise ValueError("input_size must be greater than zero")
+    if H == 0:
+        raise ValueError("hidden_size must be greater than zero")
+    weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh}
+    _check_parameter_devices(input, weights.values())
     if hx is None:
         zeros = input.new_zeros(B, H)
         hx = (zeros, zeros)
     _check_state("hx[0]", hx[0], input, (B, H))
     _check_state("hx[1]", hx[1], input, (B, H))
+    if T == 0:
+        raise RuntimeError(EMPTY_SEQUENCE)
+    ac = autocast_dtype(input)
+    input, h0, c0 = (autocast_cast(t, ac) for t in (input, *hx))
+    weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
+    _check_dtypes(input, {"hx[0]": h0, "hx[1]": c0}, weights)
+    w_ih, w_hh, b_ih, b_hh = weights.values()
+    if (b_ih is None) != (b_hh is None):
+        zero = torch.zeros(4 * H, dtype=input.dtype, device=input.device)
+        b_ih = zero if b_ih is None else b_ih
+        b_hh = zero if b_hh is None else b_hh
     chosen = choose_backend(backend, input.device, input.dtype)
-    y, h, c = _run_layer(fusion, input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, chosen)
+    with _no_autocast(input, ac is not None):
+        y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen)
     return y, (h, c)
 
 
@@ -102,7 +189,10 @@ class LSTM(nn.LSTM):
         data = input.data if packed else input
         if data.dtype != self.weight_ih_l0.dtype:
             self.check_input(data, None)  # nn.LSTM's own dtype error, before any backend talk
-        backend = choose_backend(self.backend, data.device, data.dtype)
+        _check_parameter_devices(data, self._flat_weights)
+        ac = autocast_dtype(data)
+        dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
+        backend = choose_backend(self.backend, data.device, dtype)
         if backend == "triton" and (packed or self.proj_size > 0):
             what = "PackedSequence input" if packed else "proj_size > 0"
             if self.backend == "triton":
@@ -114,16 +204,9 @@ class LSTM(nn.LSTM):
             backend = "torch"
         if backend == "torch":
             return super().forward(input, hx)
-        return self._triton_forward(input, hx)
+        return self._triton_forward(input, hx, ac)
 
-    def _layer_weights(self, layer: int, reverse: bool):
-        sfx = f"_l{layer}{'_reverse' if reverse else ''}"
-        w_ih, w_hh = getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}")
-        if self.bias:
-            return w_ih, w_hh, getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}")
-        return w_ih, w_hh, None, None
-
-    def _triton_forward(self, input: torch.Tensor, hx):
+    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None):
         # Argument checks mirror nn.LSTM.forward, so errors have the same types and messages.
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -150,25 +233,38 @@ class LSTM(nn.LSTM):
         self.check_forward_args(input, hx, None)
         _check_state("hidden[0]", hx[0], input, state_shape)
         _check_state("hidden[1]", hx[1], input, state_shape)
+        if input.size(1 - batch_dim) == 0:
+            raise RuntimeError(EMPTY_SEQUENCE)
+        # Autocast: nn.LSTM's rule, every floating tensor but float64 in the autocast dtype.
+        input = autocast_cast(input, ac)
+        hx = (autocast_cast(hx[0], ac), autocast_cast(hx[1], ac))
+        weights = {name: autocast_cast(getattr(self, name), ac) for name in self._flat_weights_names}
+        _check_dtypes(input, {"hidden[0]": hx[0], "hidden[1]": hx[1]}, weights)
+        with _no_autocast(input, ac is not None):
+            output, (h_n, c_n) = self._layers(input.transpose(0, 1) if self.batch_first else input, hx, weights)
+        output = output.transpose(0, 1) if self.batch_first else output
+        if not batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
 
-        x = input.transpose(0, 1) if self.batch_first else input
+    def _layers(self, x: torch.Tensor, hx, weights: dict):
+        """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), (h_n, c_n) (L·D,B,H))``."""
+        directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for d in range(directions):
                 idx = layer * directions + d
+                sfx = f"_l{layer}{'_reverse' if d else ''}"
+                w_ih, w_hh = weights[f"weight_ih{sfx}"], weights[f"weight_hh{sfx}"]
+                b_ih, b_hh = (weights[f"bias_ih{sfx}"], weights[f"bias_hh{sfx}"]) if self.bias else (None, None)
                 seq = x.flip(0) if d else x  # the reverse direction reads time backwards
-                y, h, c = _run_layer(self.fusion, seq, hx[0][idx], hx[1][idx], *self._layer_weights(layer, d == 1),
-                                     "triton")
+                y, h, c = _run_layer(self.fusion, seq, hx[0][idx], hx[1][idx], w_ih, w_hh, b_ih, b_hh, "triton")
                 outputs.append(y.flip(0) if d else y)
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        output = x.transpose(0, 1) if self.batch_first else x
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if not batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
+        return x, (torch.stack(h_n), torch.stack(c_n))

@@ -1,0 +1,113 @@
+"""Autocast (issue 9, item 4): nn.LSTM's policy — input, states and weights (every floating tensor
+but float64) are cast to the autocast dtype, results come out in it, and each gradient comes back
+in its own tensor's dtype — whether backward runs inside or outside the region.
+
+On the CPU, nn.LSTM runs bf16 autocast (fp16 is refused by its oneDNN kernel), so bf16 dtypes are
+compared with nn.LSTM's and fp16 with the rule; values against float64 on the autocast-rounded
+operands. On CUDA nn.LSTM's cuDNN rule casts to fp16 whatever the autocast dtype: the expected
+dtype there is read from nn.LSTM itself. The interpreter runs bf16 at the cell level (item 6),
+fp16 at every level.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import lstm_triton
+
+from .helpers import DEVICE, rel_err
+
+LEVELS = ["cell", "step", "persistent"]
+KIND = "cuda" if DEVICE == "cuda" else "cpu"
+TOL = 1e-2  # bf16/fp16 against float64 (DESIGN.md, testing conventions)
+
+
+def _run(layer, x, h0, c0, amp_dtype, backward_inside):
+    """Forward under autocast; backward of a random projection inside or outside the region."""
+    w = torch.randn(x.shape[:-1] + (layer.hidden_size,), generator=torch.Generator().manual_seed(5))
+    with torch.autocast(KIND, dtype=amp_dtype):
+        y, (h, c) = layer(x, (h0, c0))
+        if backward_inside:
+            ((y.float() * w.to(y.device)).sum() + c.float().sum()).backward()
+    if not backward_inside:
+        ((y.float() * w.to(y.device)).sum() + c.float().sum()).backward()
+    grads = {"x": x.grad, "h0": h0.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    return {"y": y, "h_n": h, "c_n": c}, grads
+
+
+def _inputs(x_dtype, device):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 2, 3, generator=gen).to(device, x_dtype).requires_grad_()
+    h0 = torch.randn(1, 2, 5, generator=gen).to(device).requires_grad_()
+    c0 = torch.randn(1, 2, 5, generator=gen).to(device)
+    return x, h0, c0
+
+
+@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("backward_inside", [True, False], ids=["backward-inside", "backward-outside"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["fp32-input", "bf16-input"])
+def test_bf16_autocast_gives_nn_lstm_dtypes(fusion, backward_inside, x_dtype):
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 5).to(DEVICE)
+    ours = lstm_triton.LSTM(3, 5, fusion=fusion, backend="triton", device=DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    ref_out, ref_grads = _run(ref, *_inputs(x_dtype, DEVICE), torch.bfloat16, backward_inside)
+    out, grads = _run(ours, *_inputs(x_dtype, DEVICE), torch.bfloat16, backward_inside)
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in ref_out.items()}
+    assert {k: v.dtype for k, v in grads.items()} == {k: v.dtype for k, v in ref_grads.items()}
+
+
+def _float64_reference(layer, x, h0, c0, amp_dtype):
+    """nn.LSTM in float64 on the operands rounded to ``amp_dtype`` (what autocast feeds the kernels)."""
+    ref = nn.LSTM(layer.input_size, layer.hidden_size, dtype=torch.float64)
+    ref.load_state_dict({k: v.to(amp_dtype).double() for k, v in layer.state_dict().items()})
+    x, h0, c0 = (t.detach().to(amp_dtype).double().cpu().requires_grad_() for t in (x, h0, c0))
+    return ref, x, h0, c0
+
+
+def _nn_lstm_cast_dtype(amp_dtype):
+    """The dtype nn.LSTM computes in under autocast(amp_dtype) here."""
+    if KIND == "cpu":
+        return amp_dtype  # the autocast dtype (its fp16 oneDNN kernel then refuses to run)
+    with torch.autocast(KIND, dtype=amp_dtype):
+        return nn.LSTM(3, 5).to(DEVICE)(torch.randn(4, 2, 3, device=DEVICE))[0].dtype
+
+
+@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_values_and_gradients(fusion, amp_dtype):
+    torch.manual_seed(0)
+    ours = lstm_triton.LSTM(3, 5, fusion=fusion, backend="triton", device=DEVICE)
+    x, h0, c0 = _inputs(torch.float32, DEVICE)
+    out, grads = _run(ours, x, h0, c0, amp_dtype, backward_inside=False)
+    cast_dtype = _nn_lstm_cast_dtype(amp_dtype)
+    assert all(v.dtype == cast_dtype for v in out.values())
+    assert all(g.dtype == torch.float32 for g in grads.values())  # fp32 leaves get fp32 gradients
+    ref, *args = _float64_reference(ours, x, h0, c0, cast_dtype)
+    y, (h, c) = ref(args[0], (args[1], args[2]))
+    w = torch.randn(4, 2, 5, generator=torch.Generator().manual_seed(5)).double()  # as in _run
+    ((y * w).sum() + c.sum()).backward()
+    expected = {"y": y, "h_n": h, "c_n": c}
+    errors = {k: rel_err(out[k], expected[k]) for k in expected}
+    errors["x"], errors["h0"] = rel_err(grads["x"], args[0].grad), rel_err(grads["h0"], args[1].grad)
+    errors.update({n: rel_err(grads[n], p.grad) for n, p in ref.named_parameters()})
+    assert max(errors.values()) <= TOL, errors
+
+
+def test_functional_lstm_under_autocast():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 2, 3, generator=gen).to(DEVICE).requires_grad_()
+    w_ih, w_hh, b = (torch.randn(s, generator=gen).to(DEVICE).requires_grad_() for s in ((20, 3), (20, 5), (20,)))
+    with torch.autocast(KIND, dtype=torch.bfloat16):
+        y, (h, c) = lstm_triton.lstm(x, w_ih, w_hh, b, b, backend="triton", fusion="step")
+    assert (y.dtype, h.dtype, c.dtype) == (_nn_lstm_cast_dtype(torch.bfloat16),) * 3
+    (y.float().sum() + c.float().sum()).backward()
+    assert all(t.grad.dtype == torch.float32 and t.grad.abs().sum() > 0 for t in (x, w_ih, w_hh, b))
+
+
+def test_float64_is_not_cast_by_autocast():
+    """Autocast leaves float64 alone (nn.LSTM too); backend='auto' then runs it on torch's kernel."""
+    layer = lstm_triton.LSTM(3, 5, dtype=torch.float64, device=DEVICE)
+    with torch.autocast(KIND, dtype=torch.bfloat16):
+        y, (h, c) = layer(torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE))
+    assert (y.dtype, h.dtype, c.dtype) == (torch.float64,) * 3
