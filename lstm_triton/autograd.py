@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .backend import _debug
+from .packed import active_steps, last_hidden, mask_padded_steps
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -36,13 +37,20 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
     return xp.view(T, B, H4)  # explicit sizes: a view with -1 is ambiguous when T·B = 0
 
 
-def run_layer(fusion: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """One direction of one layer on the kernels, time-major; ``(y (T,B,H), h_n (B,H), c_n (B,H))``."""
+def run_layer(fusion: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths: Tensor | None = None):
+    """One direction of one layer on the kernels, time-major; ``(y (T,B,H), h_n (B,H), c_n (B,H))``.
+
+    ``lengths (B,)`` int64 on x's device (optional): row b runs its first ``lengths[b]`` steps; past
+    them its output is 0 and its state is frozen (``packed.py``: done by the gate values alone)."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
+    if lengths is not None:
+        xp = mask_padded_steps(xp, active_steps(lengths, xp.shape[0]))
     # torch.jit.trace records an autograd.Function as an unsaveable Python op: give it the operator
     # (whose registered autograd is the same formula).
     apply = torch.ops.lstm_triton.recurrence if torch.jit.is_tracing() else Recurrence.apply
     y, c_n, _, _ = apply(xp, h0, c0, w_hh, fusion)
+    if lengths is not None:
+        return y, last_hidden(y, lengths, h0), c_n
     return y, y[-1].clone(), c_n  # h_n owns its storage, as nn.LSTM's does
 
 

@@ -4,8 +4,9 @@ and ``lstm_triton.lstm``: the functional form for one layer.
 The module *is* an ``nn.LSTM`` (subclass): same constructor, parameter names, shapes, default
 initialisation and ``state_dict``; it only replaces the computation. Extra keyword arguments:
 ``fusion`` (``auto``, ``cell``, ``step``, ``persistent``) and ``backend`` (``auto``, ``triton``,
-``torch``). PackedSequence input and ``proj_size > 0`` run on torch's kernel with ``backend='auto'``
-and raise NotImplementedError with ``backend='triton'``.
+``torch``). Variable-length batches run on the kernels: PackedSequence input, and padded input with
+``lengths`` (``forward(input, hx, lengths=...)``; ``packed.py`` says how). ``proj_size > 0`` runs on
+torch's kernel with ``backend='auto'`` and raises NotImplementedError with ``backend='triton'``.
 
 Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
 is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
@@ -26,7 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops  # noqa: F401  (registers torch.ops.lstm_triton.*)
+from . import (
+    ops,  # noqa: F401  (registers torch.ops.lstm_triton.*)
+    packed,
+)
 from .autograd import run_layer
 from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, log
 
@@ -99,14 +103,27 @@ def _no_autocast(x: torch.Tensor, active: bool):
     return torch.autocast(x.device.type, enabled=False) if active else contextlib.nullcontext()
 
 
-def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
-    """One direction of one layer, time-major; returns ``(y (T,B,H), h_n (B,H), c_n (B,H))``."""
+def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
+    """One direction of one layer, time-major; returns ``(y (T,B,H), h_n (B,H), c_n (B,H))``.
+    ``lengths (B,)`` int64 on x's device, or None for full-length rows."""
     if backend == "torch":
         weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+        if lengths is not None and x.shape[1] > 0:
+            return packed.torch_layer(x, h0, c0, weights, b_ih is not None, lengths)
         y, h, c = torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, b_ih is not None,
                                  1, 0.0, False, False, False)
         return y, h[0], c[0]
-    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh)  # the level is resolved in the operator
+    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)  # the level is resolved in the operator
+
+
+def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Time reversal of ``x (T,B,*)``: whole rows, or each row within its own length."""
+    return x.flip(0) if lengths is None else packed.reverse_padded(x, lengths)
+
+
+def _check_two_states(hx) -> None:
+    if hx is not None and len(hx) != 2:
+        raise RuntimeError("lstm expects two hidden states")  # nn.LSTM's message
 
 
 def lstm(
@@ -117,18 +134,22 @@ def lstm(
     bias_hh: torch.Tensor | None = None,
     hx: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
+    lengths: torch.Tensor | None = None,
     fusion: str = "auto",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One LSTM layer, nn.LSTM's math and weight layout, differentiable in every argument.
 
     ``input (T, B, I)``; ``weight_ih (4H, I)``, ``weight_hh (4H, H)``, biases ``(4H,)`` with gate
-    rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None.
+    rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None. ``lengths`` (B integers in
+    [0, T], any device; optional): row b runs only its first ``lengths[b]`` steps — past them its
+    output is 0, its state stays as it was (h_n, c_n are taken at its own last step) and no
+    gradient flows through the padding, as ``nn.LSTM`` on the packed equivalent.
     Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype (under autocast:
     the autocast dtype, as nn.LSTM), each owning its storage. B = 0 gives empty results.
 
-    Raises ValueError for a bad ``fusion``/``backend``, an input that is not 3-D, I = 0 or H = 0
-    (as nn.LSTM's constructor), ``backend='triton'`` where it cannot run; RuntimeError, with
+    Raises ValueError for a bad ``fusion``/``backend``/``lengths``, an input that is not 3-D, I = 0 or
+    H = 0 (as nn.LSTM's constructor), ``backend='triton'`` where it cannot run; RuntimeError, with
     nn.LSTM's messages, for T = 0, wrong shapes, and states or weights on another device or of
     another dtype than the input.
     """
@@ -149,6 +170,7 @@ def lstm(
         raise ValueError("hidden_size must be greater than zero")
     weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh}
     _check_parameter_devices(input, weights.values())
+    _check_two_states(hx)
     if hx is None:
         zeros = input.new_zeros(B, H)
         hx = (zeros, zeros)
@@ -166,8 +188,10 @@ def lstm(
         b_ih = zero if b_ih is None else b_ih
         b_hh = zero if b_hh is None else b_hh
     chosen = choose_backend(backend, input.device, input.dtype)
+    if lengths is not None:
+        lengths = packed.check_lengths(lengths, T, B, input.device)
     with _no_autocast(input, ac is not None):
-        y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen)
+        y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen, lengths)
     return y, (h, c)
 
 
@@ -184,34 +208,53 @@ class LSTM(nn.LSTM):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fusion={self.fusion!r}, backend={self.backend!r}"
 
-    def forward(self, input, hx=None):
-        packed = isinstance(input, PackedSequence)
-        data = input.data if packed else input
+    def forward(self, input, hx=None, lengths=None):
+        """``nn.LSTM.forward``, plus ``lengths`` for padded input: a 1-D sequence of B integers in
+        [0, T] (see :func:`lstm`); the output stays padded (zeros past each length).
+        PackedSequence input gives PackedSequence output, as nn.LSTM."""
+        is_packed = isinstance(input, PackedSequence)
+        data = input.data if is_packed else input
+        if lengths is not None and (is_packed or data.dim() != 3):
+            raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
+                             "its own lengths)")
+        _check_two_states(hx)
         if data.dtype != self.weight_ih_l0.dtype:
             self.check_input(data, None)  # nn.LSTM's own dtype error, before any backend talk
         _check_parameter_devices(data, self._flat_weights)
         ac = autocast_dtype(data)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
-        if backend == "triton" and (packed or self.proj_size > 0):
-            what = "PackedSequence input" if packed else "proj_size > 0"
+        if backend == "triton" and self.proj_size > 0:
             if self.backend == "triton":
                 raise NotImplementedError(
-                    f"lstm_triton.LSTM: {what} is not implemented by the Triton kernels; "
+                    "lstm_triton.LSTM: proj_size > 0 is not implemented by the Triton kernels; "
                     "use backend='torch' or backend='auto' (which runs it on torch's kernel)"
                 )
-            log.debug("backend auto -> torch: %s is not implemented by the Triton kernels", what)
+            log.debug("backend auto -> torch: proj_size > 0 is not implemented by the Triton kernels")
             backend = "torch"
+        if lengths is not None:
+            batch_dim = 0 if self.batch_first else 1
+            lengths = packed.check_lengths(lengths, data.size(1 - batch_dim), data.size(batch_dim), data.device)
         if backend == "torch":
-            return super().forward(input, hx)
-        return self._triton_forward(input, hx, ac)
+            if lengths is None:
+                return super().forward(input, hx)
+            directions = 2 if self.bidirectional else 1
+            state_shape = (self.num_layers * directions, data.size(0 if self.batch_first else 1), self.hidden_size)
+            y, states = packed.torch_module_forward(super().forward, input, hx, lengths, self.batch_first, state_shape)
+            return y, states
+        if is_packed:
+            padded, lengths = packed.unpack(input)
+            output, states = self._triton_forward(padded, hx, ac, lengths, batch_first=False)
+            return packed.repack(output, lengths, input), states
+        return self._triton_forward(input, hx, ac, lengths)
 
-    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None):
+    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None, batch_first=None):
         # Argument checks mirror nn.LSTM.forward, so errors have the same types and messages.
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
+        batch_first = self.batch_first if batch_first is None else batch_first
+        batch_dim = 0 if batch_first else 1
         if not batched:
             input = input.unsqueeze(batch_dim)
         directions = 2 if self.bidirectional else 1
@@ -241,15 +284,16 @@ class LSTM(nn.LSTM):
         weights = {name: autocast_cast(getattr(self, name), ac) for name in self._flat_weights_names}
         _check_dtypes(input, {"hidden[0]": hx[0], "hidden[1]": hx[1]}, weights)
         with _no_autocast(input, ac is not None):
-            output, (h_n, c_n) = self._layers(input.transpose(0, 1) if self.batch_first else input, hx, weights)
-        output = output.transpose(0, 1) if self.batch_first else output
+            output, (h_n, c_n) = self._layers(input.transpose(0, 1) if batch_first else input, hx, weights, lengths)
+        output = output.transpose(0, 1) if batch_first else output
         if not batched:
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
 
-    def _layers(self, x: torch.Tensor, hx, weights: dict):
-        """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), (h_n, c_n) (L·D,B,H))``."""
+    def _layers(self, x: torch.Tensor, hx, weights: dict, lengths=None):
+        """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), (h_n, c_n) (L·D,B,H))``.
+        With ``lengths (B,)`` the reverse direction starts at each row's own end."""
         directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -259,9 +303,10 @@ class LSTM(nn.LSTM):
                 sfx = f"_l{layer}{'_reverse' if d else ''}"
                 w_ih, w_hh = weights[f"weight_ih{sfx}"], weights[f"weight_hh{sfx}"]
                 b_ih, b_hh = (weights[f"bias_ih{sfx}"], weights[f"bias_hh{sfx}"]) if self.bias else (None, None)
-                seq = x.flip(0) if d else x  # the reverse direction reads time backwards
-                y, h, c = _run_layer(self.fusion, seq, hx[0][idx], hx[1][idx], w_ih, w_hh, b_ih, b_hh, "triton")
-                outputs.append(y.flip(0) if d else y)
+                seq = _reverse(x, lengths) if d else x  # the reverse direction reads time backwards
+                y, h, c = _run_layer(self.fusion, seq, hx[0][idx], hx[1][idx], w_ih, w_hh, b_ih, b_hh, "triton",
+                                     lengths)
+                outputs.append(_reverse(y, lengths) if d else y)
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]

@@ -90,3 +90,43 @@ def repack(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) ->
         lengths = lengths.index_select(0, like.sorted_indices)
     data = pack_padded_sequence(padded, lengths.cpu(), enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+# ----------------------------------------------------------------------------- torch's kernel
+
+
+def _zero_length_rows(lengths: torch.Tensor, y: torch.Tensor, states, initial, batch_dim: int):
+    """Rows of length 0 (which packing cannot express): output 0, states as given."""
+    empty = lengths == 0
+    shape = [1] * y.dim()
+    shape[batch_dim] = -1
+    y = torch.where(empty.view(shape), torch.zeros((), dtype=y.dtype, device=y.device), y)
+    states = tuple(torch.where(empty.view(1, -1, 1), s0, s) for s, s0 in zip(states, initial))
+    return y, states
+
+
+def torch_layer(x, h0, c0, weights: list, has_bias: bool, lengths: torch.Tensor):
+    """One layer on torch's own kernel with ``lengths`` (the reference path of ``backend='torch'``):
+    ``x (T,B,I)``, ``h0, c0 (B,H)``, ``lengths (B,)`` -> ``(y (T,B,H), h_n, c_n (B,H))``."""
+    T = x.shape[0]
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), enforce_sorted=False)
+    order, back = packed.sorted_indices, packed.unsorted_indices
+    hx = (h0.index_select(0, order)[None], c0.index_select(0, order)[None])
+    data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, hx, weights, has_bias, 1, 0.0, False, False)
+    y, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, back), total_length=T)
+    y, (h, c) = _zero_length_rows(lengths, y, (h.index_select(1, back), c.index_select(1, back)),
+                                  (h0[None], c0[None]), batch_dim=1)
+    return y, h[0], c[0]
+
+
+def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool, state_shape):
+    """``nn.LSTM.forward`` (``forward``) on padded ``input`` with ``lengths``, via packing; the
+    output is padded again to the input's length."""
+    T = input.size(1 if batch_first else 0)
+    packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=batch_first, enforce_sorted=False)
+    out, states = forward(packed, hx)
+    y, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    if hx is None:
+        zeros = torch.zeros(state_shape, dtype=y.dtype, device=y.device)
+        hx = (zeros, zeros)
+    return _zero_length_rows(lengths, y, states, hx, batch_dim=0 if batch_first else 1)
