@@ -181,13 +181,20 @@ class PersistentConfig:
     ``p*BLOCK_H …`` (all four gates) of batch rows ``q*BLOCK_B …``. Its W_hh slice is held as four
     (BLOCK_K × BLOCK_H) tiles plus, when ``block_k2 > 0``, four (BLOCK_K2 × BLOCK_H) tiles for
     reduction indices BLOCK_K … BLOCK_K + BLOCK_K2 − 1: tensor sizes must be powers of two, so
-    two pieces cover H = 768 as 512 + 256 where one would pad it to 1024."""
+    two pieces cover H = 768 as 512 + 256 where one would pad it to 1024. Each piece is cut into
+    ``split_k`` chunks along the reduction, a leading tensor axis: the dots are batched over the
+    chunks, and Triton gives each warp its own chunks of a batched dot. Without the split every
+    warp computed the whole (BLOCK_B × BLOCK_H) output (the tile has fewer 16 × 8 MMA tiles than
+    a program has warps) and read the whole W slice from shared memory every step; split
+    ``num_warps`` ways, each warp does 1/num_warps of the MMAs (the AOT report counts them), and
+    one cross-warp sum adds the chunks."""
 
     block_b: int
     block_h: int
     block_k: int
     num_warps: int
     block_k2: int = 0
+    split_k: int = 1
 
     @property
     def reduction(self) -> int:
@@ -245,7 +252,7 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
             return None, (f"B={batch} > {INTERPRETER_MAX_BATCH}: under the interpreter the persistent kernel "
                           "runs as one program, all rows in one tile")
         return (PersistentConfig(_pow2(batch, 16, INTERPRETER_MAX_BATCH), _pow2(hidden, 16, PERSISTENT_MAX_HIDDEN),
-                                 block_k, 4, block_k2), "interpreter: one program owns every row and unit")
+                                 block_k, 4, block_k2, split_k=4), "interpreter: one program owns every row and unit")
     if arch is None and interpreter_on():
         if not _concurrent_programs_under_interpreter:
             return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
@@ -270,7 +277,8 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
         return None, (f"W_hh slice ({w_bytes // 1024} KB, K={reduction}) and operand tile need ~{shared // 1024} KB "
                       f"of shared memory per program, over the {budget // 1024} KB budget of sm_{arch}0")
     num_warps = 4 if w_bytes <= 32 * 1024 else 8
-    return PersistentConfig(block_b, block_h, block_k, num_warps, block_k2), (
+    # one reduction chunk per warp; every chunk ≥ 16 wide (K ≥ 64 with 4 warps, K2 ≥ 128 with 8)
+    return PersistentConfig(block_b, block_h, block_k, num_warps, block_k2, split_k=num_warps), (
         f"{n_h * n_b} programs ({n_h} hidden slices × {n_b} batch tiles) ≤ {sms} SMs, "
         f"~{shared // 1024} KB shared memory each")
 
@@ -283,7 +291,6 @@ def persistent_choices(arch: int) -> dict[tuple[PersistentConfig, torch.dtype], 
     (32-row tiles), and on H through its reduction tiles; B only adds batch tiles, up to
     SMs // hidden slices of them. No SM-count-dependent tile: on a GPU with other SM counts the
     launcher picks from this same set (or falls back to the step level)."""
-    assert not _interpreter_tiles(), "GPU configurations are only enumerated with the interpreter off"
     sms = SM_COUNT[arch]
     choices: dict[tuple[PersistentConfig, torch.dtype], int] = {}
     for dt in DTYPES:

@@ -72,8 +72,16 @@ def load_gate_tiles(tile_ptr, gate_stride, mask):
 
 
 @triton.jit
+def chunked_k(K0: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr):
+    """Reduction indices k = K0 + s·KS + j of chunk s < SPLIT, j < KS: as W rows (SPLIT, KS, 1)
+    and as operand columns (SPLIT, 1, KS)."""
+    base = K0 + tl.arange(0, SPLIT)[:, None, None] * KS
+    return base + tl.arange(0, KS)[None, :, None], base + tl.arange(0, KS)[None, None, :]
+
+
+@triton.jit
 def gate_dots(a, w_i, w_f, w_g, w_o, acc_i, acc_f, acc_g, acc_o, PRECISION: tl.constexpr):
-    """acc_q += a @ w_q for the four gates (fp32 accumulation)."""
+    """acc_q += a @ w_q for the four gates, chunk by chunk (batched dots, fp32 accumulation)."""
     acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION)
     acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION)
     acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION)
@@ -87,29 +95,26 @@ def persistent_forward_kernel(
     counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0,
+    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    # W_hh[q*H + unit, k] as (k, unit) tiles: loaded once, reused every step
-    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, :] * H + ks[:, None], H * H,
-                                         k_ok[:, None] & unit_ok[None, :])
+    row_ok, unit_ok = rows < B, units < H
+    # W_hh[q*H + unit, k] as (chunk, k, unit) tiles: loaded once, reused every step
+    kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw, H * H,
+                                         (kw < H) & unit_ok[None, None, :])
+    h_cols, h_mask = rows[None, :, None] * H + ka, row_ok[None, :, None] & (ka < H)
     if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
-        ks2 = BLOCK_K + tl.arange(0, BLOCK_K2)
-        k2_ok = ks2 < H
-        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + units[None, :] * H + ks2[:, None], H * H,
-                                             k2_ok[:, None] & unit_ok[None, :])
-        h2_rows = rows[:, None] * H + ks2[None, :]
-        h2_mask = row_ok[:, None] & k2_ok[None, :]
+        kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
+        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw2, H * H,
+                                             (kw2 < H) & unit_ok[None, None, :])
+        h2_cols, h2_mask = rows[None, :, None] * H + ka2, row_ok[None, :, None] & (ka2 < H)
     w_ty = w_ptr.dtype.element_ty
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    h_mask = row_ok[:, None] & k_ok[None, :]
     state = rows[:, None] * H + units[None, :]
     gate = rows[:, None] * 4 * H + units[None, :]
-    h_rows = rows[:, None] * H + ks[None, :]
     c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
     counter_ptr += tl.program_id(1)  # this batch tile's counter
     n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
@@ -118,15 +123,17 @@ def persistent_forward_kernel(
     xp_t, h_prev, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr
     for t in range(T):
         # .cg: read h from L2, never from this SM's (non-coherent) L1: other programs wrote it.
-        h = tl.load(h_prev + h_rows, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
-        gi = tl.load(xp_t + gate, mask=mask, other=0.0)
-        gf = tl.load(xp_t + gate + H, mask=mask, other=0.0)
-        gg = tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
-        go = tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
-        gi, gf, gg, go = gate_dots(h, w_i, w_f, w_g, w_o, gi, gf, gg, go, PRECISION)
+        h = tl.load(h_prev + h_cols, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
+        zero = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
+        ai, af, ag, ao = gate_dots(h, w_i, w_f, w_g, w_o, zero, zero, zero, zero, PRECISION)
         if BLOCK_K2 > 0:
-            h2 = tl.load(h_prev + h2_rows, mask=h2_mask, other=0.0, cache_modifier=".cg").to(w_ty)
-            gi, gf, gg, go = gate_dots(h2, v_i, v_f, v_g, v_o, gi, gf, gg, go, PRECISION)
+            h2 = tl.load(h_prev + h2_cols, mask=h2_mask, other=0.0, cache_modifier=".cg").to(w_ty)
+            ai, af, ag, ao = gate_dots(h2, v_i, v_f, v_g, v_o, ai, af, ag, ao, PRECISION)
+        # the chunks' partial sums (one chunk per warp on a GPU) add up across warps here
+        gi = tl.sum(ai, axis=0) + tl.load(xp_t + gate, mask=mask, other=0.0)
+        gf = tl.sum(af, axis=0) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
+        gg = tl.sum(ag, axis=0) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
+        go = tl.sum(ao, axis=0) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
         i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c)
         h_prev += B * H
         c_t += B * H
@@ -142,17 +149,17 @@ def persistent_forward_kernel(
 
 
 @triton.jit
-def recurrent_grad(dg_next, a_rows, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION: tl.constexpr):
+def recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION: tl.constexpr):
     """acc + dG_{t+1}[rows, q*H + k] @ W_hh[q*H + k, units] summed over the gates q, for the k
-    of one reduction piece: one gate block at a time (a load, then its dot), so only one
-    (BLOCK_B × K) operand tile is live at once."""
-    a = tl.load(dg_next + a_rows, mask=a_mask, other=0.0, cache_modifier=".cg")
+    of one reduction piece, chunk by chunk: one gate block at a time (a load, then its dot), so
+    only one operand tile is live at once."""
+    a = tl.load(dg_next + a_cols, mask=a_mask, other=0.0, cache_modifier=".cg")
     acc = tl.dot(a, w_i, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_rows + H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    a = tl.load(dg_next + a_cols + H, mask=a_mask, other=0.0, cache_modifier=".cg")
     acc = tl.dot(a, w_f, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_rows + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    a = tl.load(dg_next + a_cols + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
     acc = tl.dot(a, w_g, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_rows + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    a = tl.load(dg_next + a_cols + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
     return tl.dot(a, w_o, acc, input_precision=PRECISION)
 
 
@@ -165,28 +172,25 @@ def persistent_backward_kernel(
     counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0,
+    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    # W_hh[q*H + k, unit] as (k, unit) tiles, kept for the whole loop
-    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + ks[:, None] * H + units[None, :], H * H,
-                                         k_ok[:, None] & unit_ok[None, :])
+    row_ok, unit_ok = rows < B, units < H
+    # W_hh[q*H + k, unit] as (chunk, k, unit) tiles, kept for the whole loop
+    kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + kw * H + units[None, None, :], H * H,
+                                         (kw < H) & unit_ok[None, None, :])
+    a_cols, a_mask = rows[None, :, None] * 4 * H + ka, row_ok[None, :, None] & (ka < H)
     if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
-        ks2 = BLOCK_K + tl.arange(0, BLOCK_K2)
-        k2_ok = ks2 < H
-        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + ks2[:, None] * H + units[None, :], H * H,
-                                             k2_ok[:, None] & unit_ok[None, :])
-        a2_rows = rows[:, None] * 4 * H + ks2[None, :]
-        a2_mask = row_ok[:, None] & k2_ok[None, :]
+        kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
+        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + kw2 * H + units[None, None, :], H * H,
+                                             (kw2 < H) & unit_ok[None, None, :])
+        a2_cols, a2_mask = rows[None, :, None] * 4 * H + ka2, row_ok[None, :, None] & (ka2 < H)
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    a_mask = row_ok[:, None] & k_ok[None, :]
     state = rows[:, None] * H + units[None, :]
     gate = rows[:, None] * 4 * H + units[None, :]
-    a_rows = rows[:, None] * 4 * H + ks[None, :]
     dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
     out_ty = dg_last_ptr.dtype.element_ty
     counter_ptr += tl.program_id(1)  # this batch tile's counter
@@ -194,11 +198,12 @@ def persistent_backward_kernel(
     budget = tl.full([], MAX_SPINS, tl.int32)
     dg_next, dy_t, act_t, c_t = dg_last_ptr, dy_last_ptr, act_last_ptr, c_last_ptr
     for step in range(T):
-        # dh = dy_t + dG_{t+1} @ W_hh[:, units]
-        dh = tl.load(dy_t + state, mask=mask, other=0.0)
-        dh = recurrent_grad(dg_next, a_rows, a_mask, w_i, w_f, w_g, w_o, dh, H, PRECISION)
+        # dh = dy_t + dG_{t+1} @ W_hh[:, units]: chunk partial sums, added across warps by tl.sum
+        acc = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc = recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION)
         if BLOCK_K2 > 0:
-            dh = recurrent_grad(dg_next, a2_rows, a2_mask, v_i, v_f, v_g, v_o, dh, H, PRECISION)
+            acc = recurrent_grad(dg_next, a2_cols, a2_mask, v_i, v_f, v_g, v_o, acc, H, PRECISION)
+        dh = tl.sum(acc, axis=0) + tl.load(dy_t + state, mask=mask, other=0.0)
         i = tl.load(act_t + gate, mask=mask, other=0.0)
         f = tl.load(act_t + gate + H, mask=mask, other=0.0)
         g = tl.load(act_t + gate + 2 * H, mask=mask, other=0.0)
@@ -226,7 +231,7 @@ def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device):
     cfg, reason = persistent_config(B, H, dtype, device)
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
-    meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2,
+    meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2, SPLIT=cfg.split_k,
                 PRECISION=dot_precision(dtype), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
                 # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
                 num_stages=1)

@@ -186,7 +186,7 @@ def planned_builds(arch: str) -> list[KernelBuild]:
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
         for prec in precisions:
             consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k,
-                      "BLOCK_K2": cfg.block_k2, "PRECISION": prec, "MAX_SPINS": MAX_SPINS}
+                      "BLOCK_K2": cfg.block_k2, "SPLIT": cfg.split_k, "PRECISION": prec, "MAX_SPINS": MAX_SPINS}
             for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
                 flags = _shape_flags(name, dt, prec, consts, d2l_cfg, large_cfg, cfg)
                 plans.append(KernelBuild(
