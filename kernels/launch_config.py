@@ -232,18 +232,16 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     Tiles: one program per 16 hidden units (all four gates): the most programs, the smallest W
     slice. Batch tiles of 16 rows for B ≤ 16, else 32 rows, as many as B needs along the grid's
     second axis (the d2l B = 32 runs one unpadded 32-row tile; B = 70 runs three). Not 64 rows:
-    B ≤ 64 always fits as two 32-row tiles (≤ 128 programs), a 32-row tile already gives each
-    of a program's 4 warps its own 16 × 8 MMA tile, and every extra size is another set of
-    compiled variants. No tile depends on the SM count, so every GPU picks from the set the AOT
-    test compiles. The grid must fit the SMs (the barrier needs every program resident) and
-    the W slice plus the operand tile the shared-memory budget, else ``None``.
+    B ≤ 64 always fits as two 32-row tiles (≤ 128 programs), which halves each program's work
+    per step (its warps split the reduction, so each one computes the whole rows × units tile),
+    and every extra size is another set of compiled variants. No tile depends on the SM count,
+    so every GPU picks from the set the AOT test compiles. The grid must fit the SMs (the
+    barrier needs every program resident) and the W slice plus the operand tile the
+    shared-memory budget, else ``None``.
 
     ``arch``/``sms`` override the device (AOT enumeration without a GPU). Under the
     interpreter with its own tiles: one program owns every row (B ≤ 64) and unit.
-    Raises ValueError for B < 1 or H < 1.
     """
-    if batch < 1 or hidden < 1:
-        raise ValueError(f"persistent_config: batch and hidden must be ≥ 1, got B={batch}, H={hidden}")
     if hidden > PERSISTENT_MAX_HIDDEN:
         return None, f"H={hidden} > {PERSISTENT_MAX_HIDDEN}: the W_hh slice would not stay on chip"
     block_k, block_k2 = persistent_reduction_tiles(hidden)
