@@ -53,9 +53,48 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return min(hi, max(lo, triton.next_power_of_2(n)))
 
 
+def _resolve_cuda_fp32_precision(op_precision: str) -> str:
+    """torch's lookup for a CUDA op's fp32 precision: the op's own setting, else the CUDA
+    backend's ``all`` (``torch.backends.cudnn.fp32_precision``), else the generic one
+    (``torch.backends.fp32_precision``); ``'none'`` at every level means IEEE."""
+    precision = op_precision
+    if precision == "none":
+        precision = torch.backends.cudnn.fp32_precision
+    if precision == "none":
+        precision = torch.backends.fp32_precision
+    return precision
+
+
+def nn_lstm_uses_tf32() -> bool:
+    """Whether ``torch.nn.LSTM`` runs fp32 CUDA inputs with TF32 tensor-core math right now.
+
+    With cuDNN enabled (the default) nn.LSTM is a cuDNN RNN, whose descriptor gets TF32 math
+    when ``allowTF32CuDNN(RNN)`` holds: ``torch.backends.cudnn.rnn.fp32_precision`` resolved as
+    torch does (see :func:`_resolve_cuda_fp32_precision`) equals ``'tf32'``. Default: ``'tf32'``;
+    the legacy ``torch.backends.cudnn.allow_tf32 = False`` sets it to ``'none'`` (IEEE).
+    With cuDNN disabled nn.LSTM multiplies with cuBLAS, which follows the matmul setting
+    (``torch.backends.cuda.matmul.fp32_precision``, IEEE by default).
+    Torch without the per-op settings (< 2.9) only has ``cudnn.allow_tf32``.
+    """
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if not hasattr(rnn, "fp32_precision"):  # pragma: no cover - torch < 2.9
+        if not torch.backends.cudnn.enabled:
+            return bool(torch.backends.cuda.matmul.allow_tf32)
+        return bool(torch.backends.cudnn.allow_tf32)
+    # Never read the legacy allow_tf32 flags here: torch raises when they and the new settings disagree.
+    op_precision = rnn.fp32_precision if torch.backends.cudnn.enabled else torch.backends.cuda.matmul.fp32_precision
+    return _resolve_cuda_fp32_precision(op_precision) == "tf32"
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 dots follow torch's own matmul setting (ieee unless the user allowed tf32)."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    """``tl.dot``'s ``input_precision`` for inputs of ``dtype``: fp32 follows the switch nn.LSTM
+    follows (:func:`nn_lstm_uses_tf32`; TF32 by default, like cuDNN), so the drop-in computes in
+    nn.LSTM's precision. fp16/bf16 dots ignore the setting ("tf32" is then Triton's default).
+
+    The result is a constexpr of the kernels: the launchers read it at every launch, so changing
+    torch's switch picks (and, the first time, compiles) the other kernel variant.
+    """
+    if dtype == torch.float32 and not nn_lstm_uses_tf32():
         return "ieee"
     return "tf32"
 
@@ -124,25 +163,59 @@ try:  # cooperative launches (Triton ≥ 3.3 on NVIDIA): the driver refuses a gr
 except ImportError:  # pragma: no cover - non-NVIDIA builds of triton
     COOPERATIVE_LAUNCH = False
 MAX_SPINS = 1 << 22  # barrier polls before a program gives up and flags a timeout (seconds, not a hang)
-PERSISTENT_MAX_BATCH = 64  # one batch tile per program
 PERSISTENT_MAX_HIDDEN = 1024
+PERSISTENT_BLOCK_H = 16  # hidden units per program: the most programs, the smallest W slice
+PERSISTENT_BATCH_TILES = (16, 32)  # rows per program: 16 for B ≤ 16, else 32 (see persistent_config)
+INTERPRETER_MAX_BATCH = 64  # interpreter tiles: one program, so all rows in one tile
 # Shared memory a persistent program may use, by compute-capability major: an H100/H200 block gets
 # at most 227 KB, an A100 block 163 KB; keep a margin. The compiler stages the W_hh slice and the
-# h (or dG) operand tile there: estimate = (4·BLOCK_K·BLOCK_H + BLOCK_B·BLOCK_K)·elt + 4 KB, which
-# matches what the AOT report reads from the cubins (lstm-triton kernels).
+# h (or dG) operand tile there: estimate = (4·K·BLOCK_H + BLOCK_B·K)·elt + 4 KB with
+# K = BLOCK_K + BLOCK_K2, which matches what the AOT report reads from the cubins (lstm-triton kernels).
 SHARED_BUDGET = {8: 160 * 1024, 9: 220 * 1024}
 SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (AOT enumeration)
 
 
 @dataclass(frozen=True)
 class PersistentConfig:
-    """One program per BLOCK_H hidden units (all four gates), all B rows in one BLOCK_B tile,
-    the W_hh slice held as four (BLOCK_K × BLOCK_H) tiles with BLOCK_K = next_pow2(H)."""
+    """Program (p, q) of a ``(cdiv(H, BLOCK_H), cdiv(B, BLOCK_B))`` grid owns hidden units
+    ``p*BLOCK_H …`` (all four gates) of batch rows ``q*BLOCK_B …``. Its W_hh slice is held as four
+    (BLOCK_K × BLOCK_H) tiles plus, when ``block_k2 > 0``, four (BLOCK_K2 × BLOCK_H) tiles for
+    reduction indices BLOCK_K … BLOCK_K + BLOCK_K2 − 1: tensor sizes must be powers of two, so
+    two pieces cover H = 768 as 512 + 256 where one would pad it to 1024. Each piece is cut into
+    ``split_k`` chunks along the reduction, a leading tensor axis: the dots are batched over the
+    chunks, and Triton gives each warp its own chunks of a batched dot. Without the split every
+    warp computed the whole (BLOCK_B × BLOCK_H) output (the tile has fewer 16 × 8 MMA tiles than
+    a program has warps) and read the whole W slice from shared memory every step; split
+    ``num_warps`` ways, each warp does 1/num_warps of the MMAs (the AOT report counts them), and
+    one cross-warp sum adds the chunks."""
 
     block_b: int
     block_h: int
     block_k: int
     num_warps: int
+    block_k2: int = 0
+    split_k: int = 1
+
+    @property
+    def reduction(self) -> int:
+        """Padded length of the H-long reduction (BLOCK_K + BLOCK_K2)."""
+        return self.block_k + self.block_k2
+
+
+def persistent_grid(batch: int, hidden: int, cfg: PersistentConfig) -> tuple[int, int]:
+    """(hidden slices, batch tiles): the launch grid of ``cfg`` for (B, H)."""
+    return triton.cdiv(hidden, cfg.block_h), triton.cdiv(batch, cfg.block_b)
+
+
+def persistent_reduction_tiles(hidden: int) -> tuple[int, int]:
+    """(BLOCK_K, BLOCK_K2) covering an H-long reduction: next_pow2(H) (at least 64, as before:
+    each extra size is another set of compiled variants), or, for 2^n < H ≤ 1.5·2^n with
+    2^n ≥ 256, the pieces 2^n and 2^(n−1): H = 768 computes 768 products, not 1024, and the
+    slice needs 25 % less shared memory. (Small H: the padding costs little time per step.)"""
+    k = _pow2(hidden, 64, PERSISTENT_MAX_HIDDEN)
+    if k >= 512 and hidden <= 3 * k // 4:
+        return k // 2, k // 4
+    return k, 0
 
 
 def _device_limits(device) -> tuple[int, int, int | None]:
@@ -156,17 +229,28 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
                       arch: int | None = None, sms: int | None = None) -> tuple[PersistentConfig | None, str]:
     """The persistent launch for (B, H, dtype), or ``(None, reason)`` when it cannot hold it.
 
-    ``arch``/``sms`` override the device (AOT enumeration without a GPU)."""
-    if batch > PERSISTENT_MAX_BATCH:
-        return None, f"B={batch} > {PERSISTENT_MAX_BATCH}: the persistent kernel keeps all rows in one tile"
+    Tiles: one program per 16 hidden units (all four gates): the most programs, the smallest W
+    slice. Batch tiles of 16 rows for B ≤ 16, else 32 rows, as many as B needs along the grid's
+    second axis (the d2l B = 32 runs one unpadded 32-row tile; B = 70 runs three). Not 64 rows:
+    B ≤ 64 always fits as two 32-row tiles (≤ 128 programs), which halves each program's work
+    per step (its warps split the reduction, so each one computes the whole rows × units tile),
+    and every extra size is another set of compiled variants. No tile depends on the SM count,
+    so every GPU picks from the set the AOT test compiles. The grid must fit the SMs (the
+    barrier needs every program resident) and the W slice plus the operand tile the
+    shared-memory budget, else ``None``.
+
+    ``arch``/``sms`` override the device (AOT enumeration without a GPU). Under the
+    interpreter with its own tiles: one program owns every row (B ≤ 64) and unit.
+    """
     if hidden > PERSISTENT_MAX_HIDDEN:
         return None, f"H={hidden} > {PERSISTENT_MAX_HIDDEN}: the W_hh slice would not stay on chip"
-    # Two batch tiles (16, 64) and K tiles from 64 up keep the set of compiled variants small
-    # (every one is compiled ahead of time in the tests); masks cover the padding.
-    block_b = 16 if batch <= 16 else PERSISTENT_MAX_BATCH
-    block_k = _pow2(hidden, 64, PERSISTENT_MAX_HIDDEN)
+    block_k, block_k2 = persistent_reduction_tiles(hidden)
     if arch is None and _interpreter_tiles():
-        return PersistentConfig(block_b, block_k, block_k, 4), "interpreter: one program owns every unit"
+        if batch > INTERPRETER_MAX_BATCH:
+            return None, (f"B={batch} > {INTERPRETER_MAX_BATCH}: under the interpreter the persistent kernel "
+                          "runs as one program, all rows in one tile")
+        return (PersistentConfig(_pow2(batch, 16, INTERPRETER_MAX_BATCH), _pow2(hidden, 16, PERSISTENT_MAX_HIDDEN),
+                                 block_k, 4, block_k2, split_k=4), "interpreter: one program owns every row and unit")
     if arch is None and interpreter_on():
         if not _concurrent_programs_under_interpreter:
             return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
@@ -179,26 +263,46 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     sms = sms or SM_COUNT.get(arch, 108)
     budget = budget or SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
     elt = torch.finfo(dtype).bits // 8
-    block_h = 16
-    while triton.cdiv(hidden, block_h) > sms:  # more units per program until the grid fits the SMs
-        block_h *= 2
-    w_bytes = 4 * block_k * block_h * elt
-    shared = w_bytes + block_b * block_k * elt + 4096
+    block_b = PERSISTENT_BATCH_TILES[0] if batch <= PERSISTENT_BATCH_TILES[0] else PERSISTENT_BATCH_TILES[1]
+    block_h, reduction = PERSISTENT_BLOCK_H, block_k + block_k2
+    n_h, n_b = triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)
+    if n_h * n_b > sms:
+        return None, (f"B={batch}, H={hidden}: {n_h} hidden slices × {n_b} batch tiles = {n_h * n_b} programs, "
+                      f"over the {sms} SMs that must hold the whole grid at once (grid barrier)")
+    w_bytes = 4 * reduction * block_h * elt
+    shared = w_bytes + block_b * reduction * elt + 4096
     if shared > budget:
-        return None, (f"W_hh slice ({w_bytes // 1024} KB) and operand tile need ~{shared // 1024} KB of shared "
-                      f"memory per program, over the {budget // 1024} KB budget of sm_{arch}0")
+        return None, (f"W_hh slice ({w_bytes // 1024} KB, K={reduction}) and operand tile need ~{shared // 1024} KB "
+                      f"of shared memory per program, over the {budget // 1024} KB budget of sm_{arch}0")
     num_warps = 4 if w_bytes <= 32 * 1024 else 8
-    return PersistentConfig(block_b, block_h, block_k, num_warps), (
-        f"{triton.cdiv(hidden, block_h)} programs ≤ {sms} SMs, ~{shared // 1024} KB shared memory each")
+    # one reduction chunk per warp; every chunk ≥ 16 wide (K ≥ 64 with 4 warps, K2 ≥ 128 with 8)
+    return PersistentConfig(block_b, block_h, block_k, num_warps, block_k2, split_k=num_warps), (
+        f"{n_h * n_b} programs ({n_h} hidden slices × {n_b} batch tiles) ≤ {sms} SMs, "
+        f"~{shared // 1024} KB shared memory each")
+
+
+def persistent_choices(arch: int) -> dict[tuple[PersistentConfig, torch.dtype], int]:
+    """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch`` (with
+    its default SM count), mapped to the largest grid (programs) it is launched with.
+
+    Exact, not sampled: the config depends on B only through B ≤ 16 (one 16-row tile) or not
+    (32-row tiles), and on H through its reduction tiles; B only adds batch tiles, up to
+    SMs // hidden slices of them. No SM-count-dependent tile: on a GPU with other SM counts the
+    launcher picks from this same set (or falls back to the step level)."""
+    sms = SM_COUNT[arch]
+    choices: dict[tuple[PersistentConfig, torch.dtype], int] = {}
+    for dt in DTYPES:
+        for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
+            n_h = triton.cdiv(h, PERSISTENT_BLOCK_H)
+            for b in (16, 32 * (sms // n_h)):  # the largest batch of each tile size that fits
+                cfg, _ = persistent_config(b, h, dt, arch=arch, sms=sms)
+                if cfg is not None:
+                    programs = n_h * triton.cdiv(b, cfg.block_b)
+                    choices[(cfg, dt)] = max(programs, choices.get((cfg, dt), 0))
+    return choices
 
 
 def reachable_persistent_configs(arch: int) -> list[tuple[PersistentConfig, torch.dtype]]:
     """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch``."""
-    seen = set()
-    for dt in DTYPES:
-        for b in (1, 17):
-            for h in range(16, PERSISTENT_MAX_HIDDEN + 1, 16):
-                cfg, _ = persistent_config(b, h, dt, arch=arch)
-                if cfg is not None:
-                    seen.add((cfg, dt))
-    return sorted(seen, key=lambda cd: (str(cd[1]), cd[0].block_k, cd[0].block_b, cd[0].block_h))
+    return sorted(persistent_choices(arch), key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b,
+                                                            cd[0].block_h))

@@ -1,19 +1,25 @@
 """Fusion level "persistent": ONE launch runs the whole sequence.
 
-Program p owns hidden units ``p*BLOCK_H … p*BLOCK_H + BLOCK_H − 1`` (all four gates of them) and
-all batch rows (one batch tile, B ≤ BLOCK_B). It loads its slice of W_hh once, before the time
-loop, and keeps it on chip (the compiler places it in registers / shared memory); c stays in
-registers. Each step it reads the full h_{t-1} (written by every program in the previous step)
-from global memory, computes its gates, writes its slice of h_t, and waits at a grid-wide
-barrier (release-add on a counter, acquire-spin until all programs arrived) before step t+1.
+Program (p, q) of the ``(cdiv(H, BLOCK_H), cdiv(B, BLOCK_B))`` grid owns hidden units
+``p*BLOCK_H … p*BLOCK_H + BLOCK_H − 1`` (all four gates of them) of batch rows
+``q*BLOCK_B … q*BLOCK_B + BLOCK_B − 1``. It loads its slice of W_hh once, before the time loop,
+and keeps it on chip (the compiler places it in registers / shared memory); c stays in
+registers. Each step it reads its rows of the full h_{t-1} (written by every program of its batch
+tile in the previous step) from global memory, computes its gates, writes its slice of h_t, and
+waits at a barrier (release-add on a counter, acquire-spin until all programs arrived) before
+step t+1. Batch tiles never read each other's rows, so each has its own counter and the barrier
+only waits for the ``cdiv(H, BLOCK_H)`` programs of its tile.
 
 The barrier requires every program to be resident at once: the launcher keeps the grid at or
 below the SM count (one program per SM). Under the interpreter programs run one after another,
 so there the grid is one program: the same code, the barrier trivially satisfied. A spin limit
 turns a would-be deadlock into an error flag that the host turns into an exception.
 
-Forward W slice, gate q:  W_hh[q*H + units, :]ᵀ  (BLOCK_K × BLOCK_H), BLOCK_K = next_pow2(H)
-Backward W slice, gate q: W_hh[q*H + k, units]   (BLOCK_K × BLOCK_H), reduction over all 4H rows
+The H-long reduction runs over one power-of-two piece of BLOCK_K indices, plus, when
+BLOCK_K2 > 0, a second piece of BLOCK_K2 (``tl.arange`` sizes are powers of two: H = 768 is
+512 + 256 instead of 1024 with a quarter masked off).
+Forward W slice, gate q:  W_hh[q*H + units, k]ᵀ  (K × BLOCK_H) per piece
+Backward W slice, gate q: W_hh[q*H + k, units]   (K × BLOCK_H) per piece, reduction over all 4H rows
 Buffers as in lstm_step, except ``hbuf (T+1, B, H) dt`` = [h0, h_1 … h_T] (y is ``hbuf[1:]``).
 """
 
@@ -26,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .buffers import new_buffer
-from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config
+from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config, persistent_grid
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
 
 CHECK_BARRIER_ON_HOST = os.environ.get("LSTM_TRITON_CHECK_BARRIER", "") not in ("", "0")
@@ -65,40 +71,69 @@ def load_gate_tiles(tile_ptr, gate_stride, mask):
     return w_i, w_f, w_g, w_o
 
 
+@triton.jit
+def chunked_k(K0: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr):
+    """Reduction indices k = K0 + s·KS + j of chunk s < SPLIT, j < KS: as W rows (SPLIT, KS, 1)
+    and as operand columns (SPLIT, 1, KS)."""
+    base = K0 + tl.arange(0, SPLIT)[:, None, None] * KS
+    return base + tl.arange(0, KS)[None, :, None], base + tl.arange(0, KS)[None, None, :]
+
+
+@triton.jit
+def gate_dots(a, w_i, w_f, w_g, w_o, acc_i, acc_f, acc_g, acc_o, PRECISION: tl.constexpr):
+    """acc_q += a @ w_q for the four gates, chunk by chunk (batched dots, fp32 accumulation)."""
+    acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION)
+    acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION)
+    acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION)
+    acc_o = tl.dot(a, w_o, acc_o, input_precision=PRECISION)
+    return acc_i, acc_f, acc_g, acc_o
+
+
 @triton.jit(do_not_specialize=["T"])  # one compiled kernel for every sequence length
 def persistent_forward_kernel(
     xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,4H) fp32, (4H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
-    counter_ptr, flag_ptr,  # int32 barrier counter (zeroed), int32 timeout flag
+    counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    MAX_SPINS: tl.constexpr,
+    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):
-    rows = tl.arange(0, BLOCK_B)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    # W_hh[q*H + unit, k] as (k, unit) tiles: loaded once, reused every step
-    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, :] * H + ks[:, None], H * H,
-                                         k_ok[:, None] & unit_ok[None, :])
+    row_ok, unit_ok = rows < B, units < H
+    # W_hh[q*H + unit, k] as (chunk, k, unit) tiles: loaded once, reused every step
+    kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw, H * H,
+                                         (kw < H) & unit_ok[None, None, :])
+    h_cols, h_mask = rows[None, :, None] * H + ka, row_ok[None, :, None] & (ka < H)
+    if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
+        kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
+        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw2, H * H,
+                                             (kw2 < H) & unit_ok[None, None, :])
+        h2_cols, h2_mask = rows[None, :, None] * H + ka2, row_ok[None, :, None] & (ka2 < H)
     w_ty = w_ptr.dtype.element_ty
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    h_mask = row_ok[:, None] & k_ok[None, :]
     state = rows[:, None] * H + units[None, :]
     gate = rows[:, None] * 4 * H + units[None, :]
-    h_rows = rows[:, None] * H + ks[None, :]
     c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
-    n_programs = tl.num_programs(0)
+    counter_ptr += tl.program_id(1)  # this batch tile's counter
+    n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
     budget = tl.full([], MAX_SPINS, tl.int32)
     # Loop-carried base pointers advance by one step (64-bit pointer arithmetic, no overflow).
     xp_t, h_prev, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr
     for t in range(T):
         # .cg: read h from L2, never from this SM's (non-coherent) L1: other programs wrote it.
-        h = tl.load(h_prev + h_rows, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
-        gi = tl.dot(h, w_i, input_precision=PRECISION) + tl.load(xp_t + gate, mask=mask, other=0.0)
-        gf = tl.dot(h, w_f, input_precision=PRECISION) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
-        gg = tl.dot(h, w_g, input_precision=PRECISION) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
-        go = tl.dot(h, w_o, input_precision=PRECISION) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
+        h = tl.load(h_prev + h_cols, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
+        zero = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
+        ai, af, ag, ao = gate_dots(h, w_i, w_f, w_g, w_o, zero, zero, zero, zero, PRECISION)
+        if BLOCK_K2 > 0:
+            h2 = tl.load(h_prev + h2_cols, mask=h2_mask, other=0.0, cache_modifier=".cg").to(w_ty)
+            ai, af, ag, ao = gate_dots(h2, v_i, v_f, v_g, v_o, ai, af, ag, ao, PRECISION)
+        # the chunks' partial sums (one chunk per warp on a GPU) add up across warps here
+        gi = tl.sum(ai, axis=0) + tl.load(xp_t + gate, mask=mask, other=0.0)
+        gf = tl.sum(af, axis=0) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
+        gg = tl.sum(ag, axis=0) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
+        go = tl.sum(ao, axis=0) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
         i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c)
         h_prev += B * H
         c_t += B * H
@@ -113,47 +148,62 @@ def persistent_forward_kernel(
         budget = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, budget)
 
 
+@triton.jit
+def recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION: tl.constexpr):
+    """acc + dG_{t+1}[rows, q*H + k] @ W_hh[q*H + k, units] summed over the gates q, for the k
+    of one reduction piece, chunk by chunk: one gate block at a time (a load, then its dot), so
+    only one operand tile is live at once."""
+    a = tl.load(dg_next + a_cols, mask=a_mask, other=0.0, cache_modifier=".cg")
+    acc = tl.dot(a, w_i, acc, input_precision=PRECISION)
+    a = tl.load(dg_next + a_cols + H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    acc = tl.dot(a, w_f, acc, input_precision=PRECISION)
+    a = tl.load(dg_next + a_cols + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    acc = tl.dot(a, w_g, acc, input_precision=PRECISION)
+    a = tl.load(dg_next + a_cols + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+    return tl.dot(a, w_o, acc, input_precision=PRECISION)
+
+
 @triton.jit(do_not_specialize=["T"])
 def persistent_backward_kernel(
     # Pointers to the LAST slot of each buffer (computed on the host in 64 bits), walked backwards:
     dy_last_ptr, act_last_ptr, c_last_ptr, dg_last_ptr,  # dy[T-1] fp32, acts[T-1] fp32, c_all[T] fp32, dG[T] dt (= 0)
     w_ptr,  # (4H,H) dt
     dc_ptr,  # (B,H) fp32: dL/dc_T in, dL/dc_0 out
-    counter_ptr, flag_ptr,
+    counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    MAX_SPINS: tl.constexpr,
+    MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):
-    rows = tl.arange(0, BLOCK_B)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
-    row_ok, unit_ok, k_ok = rows < B, units < H, ks < H
-    # W_hh[q*H + k, unit] as (k, unit) tiles, kept for the whole loop
-    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + ks[:, None] * H + units[None, :], H * H,
-                                         k_ok[:, None] & unit_ok[None, :])
+    row_ok, unit_ok = rows < B, units < H
+    # W_hh[q*H + k, unit] as (chunk, k, unit) tiles, kept for the whole loop
+    kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
+    w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + kw * H + units[None, None, :], H * H,
+                                         (kw < H) & unit_ok[None, None, :])
+    a_cols, a_mask = rows[None, :, None] * 4 * H + ka, row_ok[None, :, None] & (ka < H)
+    if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
+        kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
+        v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + kw2 * H + units[None, None, :], H * H,
+                                             (kw2 < H) & unit_ok[None, None, :])
+        a2_cols, a2_mask = rows[None, :, None] * 4 * H + ka2, row_ok[None, :, None] & (ka2 < H)
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    a_mask = row_ok[:, None] & k_ok[None, :]
     state = rows[:, None] * H + units[None, :]
     gate = rows[:, None] * 4 * H + units[None, :]
-    a_rows = rows[:, None] * 4 * H + ks[None, :]
     dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
     out_ty = dg_last_ptr.dtype.element_ty
-    n_programs = tl.num_programs(0)
+    counter_ptr += tl.program_id(1)  # this batch tile's counter
+    n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
     budget = tl.full([], MAX_SPINS, tl.int32)
     dg_next, dy_t, act_t, c_t = dg_last_ptr, dy_last_ptr, act_last_ptr, c_last_ptr
     for step in range(T):
-        # dh_rec = dG_{t+1} @ W_hh[:, units], one gate block of the 4H reduction at a time (a load
-        # then its dot) so that only one (BLOCK_B × BLOCK_K) operand tile is live at once.
-        a = tl.load(dg_next + a_rows, mask=a_mask, other=0.0, cache_modifier=".cg")
-        dh = tl.dot(a, w_i, input_precision=PRECISION)
-        a = tl.load(dg_next + a_rows + H, mask=a_mask, other=0.0, cache_modifier=".cg")
-        dh = tl.dot(a, w_f, dh, input_precision=PRECISION)
-        a = tl.load(dg_next + a_rows + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
-        dh = tl.dot(a, w_g, dh, input_precision=PRECISION)
-        a = tl.load(dg_next + a_rows + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
-        dh = tl.dot(a, w_o, dh, input_precision=PRECISION)
-        dh += tl.load(dy_t + state, mask=mask, other=0.0)
+        # dh = dy_t + dG_{t+1} @ W_hh[:, units]: chunk partial sums, added across warps by tl.sum
+        acc = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc = recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION)
+        if BLOCK_K2 > 0:
+            acc = recurrent_grad(dg_next, a2_cols, a2_mask, v_i, v_f, v_g, v_o, acc, H, PRECISION)
+        dh = tl.sum(acc, axis=0) + tl.load(dy_t + state, mask=mask, other=0.0)
         i = tl.load(act_t + gate, mask=mask, other=0.0)
         f = tl.load(act_t + gate + H, mask=mask, other=0.0)
         g = tl.load(act_t + gate + 2 * H, mask=mask, other=0.0)
@@ -177,16 +227,23 @@ def persistent_backward_kernel(
 
 
 def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device):
+    """(grid, meta) for a persistent launch; ValueError naming the reason when it cannot run."""
     cfg, reason = persistent_config(B, H, dtype, device)
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
-    meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, PRECISION=dot_precision(dtype),
-                MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
+    meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2, SPLIT=cfg.split_k,
+                PRECISION=dot_precision(dtype), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
                 # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
                 num_stages=1)
     if COOPERATIVE_LAUNCH:  # the driver refuses a grid whose programs cannot all be resident
         meta["launch_cooperative_grid"] = True
-    return (triton.cdiv(H, cfg.block_h),), meta
+    return persistent_grid(B, H, cfg), meta
+
+
+def _sync_buffers(grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed int32 barrier counters, one per batch tile, and the timeout flag (one allocation)."""
+    sync = torch.zeros(grid[1] + 1, dtype=torch.int32, device=device)
+    return sync[:grid[1]], sync[grid[1]:]
 
 
 def _check_barrier(flag: torch.Tensor) -> None:
@@ -211,10 +268,10 @@ def persistent_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h
     acts = new_buffer((T, B, H4), torch.float32, dev)
     hbuf[0] = h0
     c_all[0] = c0
-    sync = torch.zeros(2, dtype=torch.int32, device=dev)  # [barrier counter, timeout flag]
-    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts, sync[0:], sync[1:],
+    counters, flag = _sync_buffers(grid, dev)
+    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts, counters, flag,
                                     T, B, H, **meta)
-    _check_barrier(sync[1])
+    _check_barrier(flag[0])
     return hbuf[1:], c_all, acts
 
 
@@ -227,11 +284,11 @@ def persistent_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor
     dG = new_buffer((T + 1, B, 4 * H), dt, dev)
     dG[T].zero_()
     dc = dc_n.float().contiguous().clone()  # dL/dc_T in, dL/dc_0 out
-    sync = torch.zeros(2, dtype=torch.int32, device=dev)
+    counters, flag = _sync_buffers(grid, dev)
     w_hh = w_hh.contiguous()
     dy = dy.contiguous()
-    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1], c_all[T], dG[T], w_hh, dc, sync[0:], sync[1:],
+    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1], c_all[T], dG[T], w_hh, dc, counters, flag,
                                      T, B, H, **meta)
-    _check_barrier(sync[1])
+    _check_barrier(flag[0])
     dh0 = torch.mm(dG[0], w_hh)
     return dG[:T], dh0, dc

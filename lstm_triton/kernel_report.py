@@ -1,5 +1,7 @@
 """Compile every kernel configuration the launchers can pick, ahead of time, for a GPU target,
-and report registers, spills and shared memory (no GPU needed: ptxas ships in the triton wheel).
+and report registers, spills, shared memory and tensor-core (MMA) instructions, plus the useful
+fraction of the multiply-adds the tiles compute at the d2l and large shapes (no GPU needed:
+ptxas and cuobjdump ship in the triton wheel).
 
     python -m lstm_triton.kernel_report --arch sm_90 [--json]
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -28,8 +31,8 @@ from .kernels.launch_config import (
     MAX_SPINS,
     SM_COUNT,
     dot_precision,
+    persistent_choices,
     persistent_config,
-    reachable_persistent_configs,
     reachable_pointwise_configs,
     reachable_step_configs,
     step_config,
@@ -53,6 +56,12 @@ DT_POINTERS = {
     "persistent_backward_kernel": {"w_ptr", "dg_last_ptr"},
 }
 INT_POINTERS = {"counter_ptr", "flag_ptr"}
+# The two shapes the report rates (B, H, dtype): the d2l char LM and the cuDNN comparison point.
+D2L = (32, 256, torch.float32)
+LARGE = (16, 768, torch.bfloat16)
+# SASS opcodes of tensor-core matrix multiplies: HMMA (mma.sync, fp16/bf16/tf32), HGMMA (sm_90
+# wgmma), IMMA/IGMMA (integer), DMMA (fp64), QGMMA (fp8).
+MMA_OPCODE = re.compile(r"\b(?:HMMA|HGMMA|IMMA|IGMMA|DMMA|QGMMA)\.")
 
 
 @dataclass
@@ -69,9 +78,14 @@ class KernelBuild:
     spill_bytes: int = -1  # local memory per thread (register spills)
     stack_bytes: int = -1
     shared_bytes: int = -1
-    d2l_shape: bool = False  # the config picked for B=32, H=256, fp32
+    mma_instructions: int = -1  # tensor-core instructions in the SASS (0: the dots run on the FMA units)
+    d2l_shape: bool = False  # the config picked for B=32, H=256, fp32 (default precision)
     large_shape: bool = False  # the config picked for B=16, H=768, bf16
-    max_programs: int = 0  # persistent: largest grid this config runs (H ≤ BLOCK_K); 0 = no barrier
+    # At the shape this row is picked for (d2l or large): real multiply-adds of the recurrent GEMM
+    # (B·4H·H) over those the tiles compute, padding included; NaN for other rows and for the
+    # cell level (its GEMM is torch's).
+    useful_mac_fraction: float = math.nan
+    max_programs: int = 0  # persistent: largest grid the launcher gives this config; 0 = no barrier
     grid_fits_sms: bool = True  # persistent: max_programs ≤ the architecture's SM count
     shared_fits: bool = True  # shared_bytes within what one block may use on this architecture
 
@@ -90,14 +104,22 @@ def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def _resource_usage(cubin: bytes) -> dict[str, int]:
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
-    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", _cuobjdump(cubin, "--dump-resource-usage")))
     return {k: int(v) for k, v in usage.items()}
+
+
+def count_mma_instructions(sass: str) -> int:
+    """Tensor-core MMA instructions in ``cuobjdump --dump-sass`` output (static count)."""
+    return len(MMA_OPCODE.findall(sass))
 
 
 def compile_build(build: KernelBuild, fn) -> KernelBuild:
@@ -111,7 +133,34 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     build.registers, build.spill_bytes, build.stack_bytes = usage["REG"], usage["LOCAL"], usage["STACK"]
     build.shared_bytes = max(int(compiled.metadata.shared), usage["SHARED"])
     build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
+    build.mma_instructions = count_mma_instructions(_cuobjdump(compiled.asm["cubin"], "--dump-sass"))
     return build
+
+
+def useful_mac_fraction(kernel: str, consts: dict, batch: int, hidden: int) -> float:
+    """Real multiply-adds of the recurrent GEMM (B·4H·H) over those computed by the tiles of a
+    step or persistent kernel (padding of B, H and the reduction included)."""
+    bb, bh = consts["BLOCK_B"], consts["BLOCK_H"]
+    padded_rows = triton.cdiv(batch, bb) * bb
+    padded_units = triton.cdiv(hidden, bh) * bh
+    if kernel.startswith("persistent"):
+        padded_k = consts["BLOCK_K"] + consts.get("BLOCK_K2", 0)  # per gate, forward and backward alike
+    elif kernel == "step_forward_kernel":
+        padded_k = triton.cdiv(hidden, consts["BLOCK_K"]) * consts["BLOCK_K"]
+    else:  # step backward: one reduction over all 4H gate rows, in BLOCK_K chunks
+        padded_k = triton.cdiv(4 * hidden, consts["BLOCK_K"]) * consts["BLOCK_K"] / 4
+    return batch * hidden * hidden / (padded_rows * padded_units * padded_k)
+
+
+def _shape_flags(kernel: str, dt: torch.dtype, prec: str, consts: dict, d2l_cfg, large_cfg, cfg) -> dict:
+    """d2l_shape / large_shape / useful_mac_fraction for one planned build."""
+    default = prec == dot_precision(dt)
+    flags = dict(d2l_shape=default and (cfg, dt) == (d2l_cfg, D2L[2]),
+                 large_shape=default and (cfg, dt) == (large_cfg, LARGE[2]))
+    for name, (b, h, _) in (("d2l_shape", D2L), ("large_shape", LARGE)):
+        if flags[name]:
+            flags["useful_mac_fraction"] = useful_mac_fraction(kernel, consts, b, h)
+    return flags
 
 
 def planned_builds(arch: str) -> list[KernelBuild]:
@@ -122,28 +171,27 @@ def planned_builds(arch: str) -> list[KernelBuild]:
         for dt in TYPE:
             for name in ("cell_forward_kernel", "cell_backward_kernel"):
                 plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block}, cfg.num_warps, arch))
+    d2l_step, large_step = step_config(*D2L), step_config(*LARGE)
     for cfg, dt in reachable_step_configs():
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
         for prec in precisions:
             consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec}
-            d2l = cfg == step_config(32, 256, dt) and prec == dot_precision(dt) and dt == torch.float32
             for name in ("step_forward_kernel", "step_backward_kernel"):
-                plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, d2l_shape=d2l))
-    d2l_cfg = persistent_config(32, 256, torch.float32, arch=major)[0]
-    large_cfg = persistent_config(16, 768, torch.bfloat16, arch=major)[0]
-    for cfg, dt in reachable_persistent_configs(major):
+                flags = _shape_flags(name, dt, prec, consts, d2l_step, large_step, cfg)
+                plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, **flags))
+    d2l_cfg = persistent_config(*D2L, arch=major)[0]
+    large_cfg = persistent_config(*LARGE, arch=major)[0]
+    choices = persistent_choices(major)
+    for cfg, dt in sorted(choices, key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b)):
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
-        programs = cfg.block_k // cfg.block_h
         for prec in precisions:
-            consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec,
-                      "MAX_SPINS": MAX_SPINS}
-            default = prec == dot_precision(dt)
+            consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k,
+                      "BLOCK_K2": cfg.block_k2, "SPLIT": cfg.split_k, "PRECISION": prec, "MAX_SPINS": MAX_SPINS}
             for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
+                flags = _shape_flags(name, dt, prec, consts, d2l_cfg, large_cfg, cfg)
                 plans.append(KernelBuild(
-                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1,
-                    d2l_shape=default and dt == torch.float32 and cfg == d2l_cfg,
-                    large_shape=default and dt == torch.bfloat16 and cfg == large_cfg,
-                    max_programs=programs, grid_fits_sms=programs <= SM_COUNT[major]))
+                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1, **flags,
+                    max_programs=choices[(cfg, dt)], grid_fits_sms=choices[(cfg, dt)] <= SM_COUNT[major]))
     return plans
 
 
@@ -166,9 +214,9 @@ def format_table(builds: list[KernelBuild]) -> str:
     df = pd.DataFrame([asdict(b) for b in builds])
     df["constexprs"] = df["constexprs"].map(lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
     df["shape"] = ["d2l" if d else "large" if g else "" for d, g in zip(df["d2l_shape"], df["large_shape"])]
-    df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "")
+    df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "").str.replace(" BLOCK_K2=0", "")
     cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes", "shared_bytes",
-            "shared_fits", "max_programs", "grid_fits_sms", "shape"]
+            "shared_fits", "mma_instructions", "max_programs", "grid_fits_sms", "shape", "useful_mac_fraction"]
     return df[cols].to_string(index=False)
 
 

@@ -5,6 +5,7 @@ subprocess with TRITON_INTERPRET unset. ptxas ships inside the triton wheel: no 
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,10 +46,44 @@ def test_persistent_grids_fit_the_sms_and_nothing_is_prefetched_across_the_barri
 
 
 def test_auto_picks_a_compiled_persistent_config_for_the_d2l_and_large_shapes(builds):
+    """Both shapes run persistent on both architectures (the large one since H=768 is reduced
+    as 512 + 256: its bf16 slice fits an A100 block too)."""
     persistent = builds[builds["level"] == "persistent"]
     assert persistent["d2l_shape"].sum() == 2  # forward + backward kernels
-    if builds.attrs["arch"] == "sm_90":
-        assert persistent["large_shape"].sum() == 2
+    assert persistent["large_shape"].sum() == 2
+
+
+def test_tiles_compute_no_padding_at_the_d2l_and_large_shapes(builds):
+    """useful_mac_fraction: real B·4H·H multiply-adds over what the tiles compute; NaN on rows
+    that are not a shape's pick (and on the cell level, whose GEMM is torch's)."""
+    rated = builds[builds["d2l_shape"] | builds["large_shape"]]
+    assert set(rated["level"]) == {"step", "persistent"} and len(rated) == 8
+    assert (rated["useful_mac_fraction"] > 0.999).all(), rated.to_string()
+    assert builds.loc[~(builds["d2l_shape"] | builds["large_shape"]), "useful_mac_fraction"].isna().all()
+
+
+def test_tensor_cores_run_the_dots(builds):
+    """mma_instructions counts HMMA/HGMMA/… in the SASS: the default (TF32) fp32 configuration at
+    the d2l shape and every bf16/fp16 dot use tensor cores; IEEE fp32 dots cannot (0 MMAs), which
+    shows the count tells the two apart."""
+    d2l = builds[builds["d2l_shape"]]
+    assert len(d2l) == 4 and (d2l["mma_instructions"] > 0).all(), d2l.to_string()
+    gemm = builds[builds["level"] != "cell"]
+    half = gemm[gemm["dtype"] != "fp32"]
+    ieee = gemm[gemm["constexprs"].map(lambda c: c["PRECISION"] == "ieee")]
+    assert (half["mma_instructions"] > 0).all() and len(ieee) > 0 and (ieee["mma_instructions"] == 0).all()
+    assert (builds.loc[builds["level"] == "cell", "mma_instructions"] == 0).all()
+
+
+def test_persistent_warps_split_the_reduction_instead_of_repeating_it(builds):
+    """Each warp of a persistent program computes 1/SPLIT of the recurrent GEMM: its MMA count is
+    the tile's MMAs (16×8 outputs, k steps of 8 in TF32 / 16 in bf16-fp16) divided by SPLIT."""
+    persistent = builds[(builds["level"] == "persistent") & (builds["mma_instructions"] > 0)]
+    for _, row in persistent.iterrows():
+        c = row["constexprs"]
+        k_step = 8 if row["dtype"] == "fp32" else 16
+        tile_mmas = (c["BLOCK_B"] // 16) * (c["BLOCK_H"] // 8) * 4 * (c["BLOCK_K"] + c["BLOCK_K2"]) // k_step
+        assert row["mma_instructions"] == tile_mmas // c["SPLIT"], row.to_dict()
 
 
 def test_no_spills_at_the_d2l_shape(builds):
@@ -56,6 +91,33 @@ def test_no_spills_at_the_d2l_shape(builds):
     assert len(d2l) == 4  # forward and backward kernels of the step and persistent levels
     spilled = d2l[d2l["spill_bytes"] > 0]
     assert spilled.empty, spilled.to_string()
+
+
+def test_useful_mac_fraction_counts_padding():
+    from lstm_triton.kernel_report import useful_mac_fraction
+
+    # the tiles these shapes ran before: a 64-row batch tile at d2l, K padded to 1024 at H=768
+    old_d2l = {"BLOCK_B": 64, "BLOCK_H": 16, "BLOCK_K": 256}
+    old_large = {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 1024}
+    assert useful_mac_fraction("persistent_forward_kernel", old_d2l, 32, 256) == 0.5
+    assert useful_mac_fraction("persistent_backward_kernel", old_large, 16, 768) == 0.75
+    assert useful_mac_fraction("step_backward_kernel", {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 64}, 3, 20) == (
+        3 * 20 * 20 / (16 * 32 * 128 / 4))
+    assert math.isclose(useful_mac_fraction("persistent_forward_kernel", {**old_large, "BLOCK_K": 512,
+                                                                          "BLOCK_K2": 256}, 16, 768), 1.0)
+
+
+def test_mma_count_reads_sass_opcodes():
+    from lstm_triton.kernel_report import count_mma_instructions
+
+    sass = """
+        /*0a70*/                   HMMA.1684.F32.TF32 R20, R4, R16, R20 ;
+        /*0a80*/                   HGMMA.64x16x8.F32.TF32 R24, gdesc[UR4], R24 ;
+        /*0a90*/               @P0 HMMA.16816.F32.BF16 R8, R12, R2, R8 ;
+        /*0aa0*/                   FFMA R3, R4, R5, R3 ;
+        /*0ab0*/                   LDSM.16.M88.4 R4, [R2] ;
+    """
+    assert count_mma_instructions(sass) == 3
 
 
 def test_no_spills_anywhere(builds):

@@ -1,0 +1,119 @@
+"""The persistent level's launch choices: tiles matched to (B, H), the 2-D grid, the reduction
+pieces, and that every choice the launcher can make is in the enumerated (AOT-compiled) set."""
+
+import pytest
+import torch
+import triton
+
+from lstm_triton.kernels.launch_config import (
+    DTYPES,
+    PERSISTENT_MAX_HIDDEN,
+    SM_COUNT,
+    persistent_choices,
+    persistent_config,
+    persistent_grid,
+    persistent_reduction_tiles,
+    set_interpreter_concurrent_programs,
+    use_gpu_tiles,
+)
+
+from .helpers import DEVICE
+
+
+def test_d2l_shape_runs_an_unpadded_32_row_tile_on_sm90():
+    cfg, reason = persistent_config(32, 256, torch.float32, arch=9)
+    assert cfg is not None, reason
+    assert cfg.block_b == 32 and cfg.reduction == 256
+    assert persistent_grid(32, 256, cfg) == (16, 1)
+
+
+@pytest.mark.parametrize("B,tile,tiles", [(1, 16, 1), (16, 16, 1), (17, 32, 1), (32, 32, 1), (33, 32, 2),
+                                          (64, 32, 2), (70, 32, 3), (256, 32, 8)])
+def test_batch_tile_matches_b_and_larger_batches_split_across_programs(B, tile, tiles):
+    cfg, reason = persistent_config(B, 256, torch.float32, arch=9)
+    assert cfg is not None, reason
+    assert (cfg.block_b, persistent_grid(B, 256, cfg)[1]) == (tile, tiles)
+    assert B / (tiles * tile) > 0.5 or B <= 8  # at most half a tile of padding rows beyond tiny B
+
+
+def test_batch_beyond_the_sms_falls_back_with_a_reason():
+    cfg, reason = persistent_config(32 * 9, 256, torch.float32, arch=9)  # 16 slices × 9 tiles = 144 > 132
+    assert cfg is None and "144 programs" in reason and "132 SMs" in reason
+
+
+@pytest.mark.parametrize("H,pieces", [(1, (64, 0)), (64, (64, 0)), (65, (128, 0)), (256, (256, 0)),
+                                      (300, (256, 128)), (384, (256, 128)), (385, (512, 0)), (768, (512, 256)),
+                                      (769, (1024, 0)), (1024, (1024, 0))])
+def test_reduction_pieces(H, pieces):
+    assert persistent_reduction_tiles(H) == pieces
+
+
+def test_h768_reduction_is_not_padded_to_1024():
+    cfg, reason = persistent_config(16, 768, torch.bfloat16, arch=9)
+    assert cfg is not None, reason
+    assert cfg.reduction == 768 and cfg.block_b == 16
+
+
+def test_reduction_pieces_cover_every_h_with_powers_of_two_and_little_padding():
+    for H in range(1, PERSISTENT_MAX_HIDDEN + 1):
+        k, k2 = persistent_reduction_tiles(H)
+        assert k + k2 >= H and k >= 64 and k & (k - 1) == 0 and (k2 == 0 or (k2 & (k2 - 1) == 0 and k2 <= k // 2))
+        # below 257 a single piece (up to half padding: each extra size is another compiled set)
+        assert H > (k + k2) * 2 / 3 or H <= 256, f"H={H}: K={k}+{k2} wastes a third or more"
+
+
+@pytest.mark.parametrize("arch", [8, 9])
+def test_every_enumerated_config_has_legal_dot_tiles(arch):
+    for cfg, dt in persistent_choices(arch):
+        dims = [cfg.block_b, cfg.block_h, cfg.block_k // cfg.split_k] + (
+            [cfg.block_k2 // cfg.split_k] if cfg.block_k2 else [])
+        assert all(d >= 16 and d & (d - 1) == 0 for d in dims), (cfg, dt)
+        assert cfg.split_k == cfg.num_warps  # one reduction chunk per warp
+
+
+@pytest.mark.parametrize("arch", [8, 9])
+def test_every_choice_is_in_the_enumerated_set_and_fits_the_sms(arch):
+    """Sampled (B, H, dtype) and smaller SM counts: the launcher only picks enumerated configs,
+    and never a grid larger than the SM count (the barrier needs all programs resident)."""
+    choices = persistent_choices(arch)
+    gen = torch.Generator().manual_seed(arch)
+    for _ in range(3000):
+        B = int(torch.randint(1, 4500, (), generator=gen))
+        H = int(torch.randint(1, PERSISTENT_MAX_HIDDEN + 1, (), generator=gen))
+        dt = DTYPES[int(torch.randint(0, 3, (), generator=gen))]
+        sms = SM_COUNT[arch] - int(torch.randint(0, 80, (), generator=gen))
+        cfg, reason = persistent_config(B, H, dt, arch=arch, sms=sms)
+        if cfg is not None:
+            n_h, n_b = persistent_grid(B, H, cfg)
+            assert (cfg, dt) in choices and n_h * n_b <= sms, (B, H, dt, sms, cfg)
+            assert n_h * n_b <= choices[(cfg, dt)] or sms != SM_COUNT[arch]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="interpreter tiles")
+@pytest.mark.parametrize("B,H", [(1, 1), (64, 1024), (37, 300)])
+def test_interpreter_tiles_run_one_program(B, H):
+    cfg, reason = persistent_config(B, H, torch.float32, torch.device("cpu"))
+    assert cfg is not None, reason
+    assert persistent_grid(B, H, cfg) == (1, 1)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="interpreter tiles")
+def test_interpreter_tiles_refuse_more_rows_than_one_tile():
+    cfg, reason = persistent_config(65, 16, torch.float32, torch.device("cpu"))
+    assert cfg is None and "B=65 > 64" in reason
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="interpreter switches")
+@pytest.mark.parametrize("B,H", [(32, 256), (70, 16), (16, 768)])
+def test_concurrent_harness_gets_the_exact_sm90_grid(B, H):
+    use_gpu_tiles(True)
+    set_interpreter_concurrent_programs(True)
+    try:
+        cfg, _ = persistent_config(B, H, torch.float32, torch.device("cpu"))
+    finally:
+        set_interpreter_concurrent_programs(False)
+        use_gpu_tiles(False)
+    expected, _ = persistent_config(B, H, torch.float32, arch=9)
+    assert cfg == expected
+    if cfg is not None:
+        assert persistent_grid(B, H, cfg) == (triton.cdiv(H, 16), triton.cdiv(B, cfg.block_b))
