@@ -70,8 +70,8 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
                   arch: int | None = None, sms: int | None = None) -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
 
-    ``auto``: persistent when its launch fits (one batch tile, the W_hh slice within the
-    architecture's on-chip budget, grid ≤ SM count), else step. ``persistent`` for a size it
+    ``auto``: persistent when its launch fits (H ≤ 1024, the W_hh slice within the architecture's
+    on-chip budget, hidden slices × batch tiles ≤ SM count), else step. ``persistent`` for a size it
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)

@@ -122,7 +122,8 @@ def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
 
 
 def _check_two_states(hx) -> None:
-    if hx is not None and len(hx) != 2:
+    # A tuple or list of other than two tensors; a bare tensor fails later as in nn.LSTM (indexing).
+    if isinstance(hx, (tuple, list)) and len(hx) != 2:
         raise RuntimeError("lstm expects two hidden states")  # nn.LSTM's message
 
 

@@ -110,11 +110,12 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
     (32, 256, torch.float32, 9, 132, "persistent"),  # the d2l shape on an H100/H200
     (16, 768, torch.bfloat16, 9, 132, "persistent"),  # B=16, T=1024, I=H=768 (the cuDNN comparison point)
     (16, 768, torch.float32, 9, 132, "step"),  # fp32 slice of 256 KB does not stay on chip
-    (128, 256, torch.float32, 9, 132, "step"),  # two batch tiles
+    (128, 256, torch.float32, 9, 132, "persistent"),  # 16 hidden slices × 4 batch tiles = 64 programs
+    (288, 256, torch.float32, 9, 132, "step"),  # 16 × 9 = 144 programs > 132 SMs
     (16, 2048, torch.bfloat16, 9, 132, "step"),  # H beyond the persistent limit
-    (16, 768, torch.bfloat16, 8, 108, "step"),  # A100: 128 KB slice exceeds its budget
+    (16, 768, torch.bfloat16, 8, 108, "persistent"),  # A100: K = 512 + 256 pieces, ~124 KB within its budget
     (32, 256, torch.float32, 8, 108, "persistent"),
-], ids=["d2l-sm90", "large-bf16-sm90", "large-fp32-sm90", "B128", "H2048", "large-bf16-sm80", "d2l-sm80"])
+], ids=["d2l-sm90", "large-bf16-sm90", "large-fp32-sm90", "B128", "B288", "H2048", "large-bf16-sm80", "d2l-sm80"])
 def test_auto_fusion_choice_on_gpus(B, H, dtype, arch, sms, expected, caplog):
     from lstm_triton.backend import choose_fusion
 
