@@ -122,8 +122,9 @@ def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
 
 
 def _check_two_states(hx) -> None:
-    # A tuple or list of other than two tensors; a bare tensor fails later as in nn.LSTM (indexing).
-    if isinstance(hx, (tuple, list)) and len(hx) != 2:
+    # More than two states: ATen's message. Fewer, or a bare tensor, fail on indexing (IndexError)
+    # as in nn.LSTM.forward, which reads hx[0] and hx[1] before ATen sees them.
+    if isinstance(hx, (tuple, list)) and len(hx) > 2:
         raise RuntimeError("lstm expects two hidden states")  # nn.LSTM's message
 
 
