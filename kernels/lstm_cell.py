@@ -120,3 +120,64 @@ def cell_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_al
                                    BLOCK=cfg.block, num_warps=cfg.num_warps)
         torch.mm(dG[t], w_hh, out=dh_rec)
     return dG, dh_rec, dc
+
+
+# ----------------------------------------------------------------------------- with a projection
+# nn.LSTM with proj_size = P: h_t = W_hr (o ⊙ tanh c_t), W_hr (P×H), W_hh (4H×P). The same kernels
+# compute the cell; torch's GEMMs add the projection per step (forward) and its transpose (backward).
+
+
+def cell_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+                           w_hr: torch.Tensor):
+    """``xp (T,B,4H) fp32``, ``h0 (B,P)``, ``c0 (B,H)``, ``w_hh (4H,P) dt``, ``w_hr (P,H) dt``.
+
+    Returns ``y (T,B,P) dt`` (projected outputs), ``c_all (T+1,B,H) fp32``, ``acts (T,B,4H) fp32``.
+    """
+    T, B, H4 = xp.shape
+    H, P, dt, dev = H4 // 4, w_hr.shape[0], w_hh.dtype, xp.device
+    y = new_buffer((T, B, P), dt, dev)
+    c_all = new_buffer((T + 1, B, H), torch.float32, dev)
+    acts = new_buffer((T, B, H4), torch.float32, dev)
+    hw = new_buffer((B, H4), dt, dev)
+    raw = new_buffer((B, H), dt, dev)  # o ⊙ tanh(c_t), before the projection
+    c_all[0] = c0
+    cfg = pointwise_config(B * H)
+    grid = (triton.cdiv(B * H, cfg.block),)
+    w_t, r_t = w_hh.t(), w_hr.t()
+    h_prev = h0.to(dt)
+    for t in range(T):
+        torch.mm(h_prev, w_t, out=hw)
+        cell_forward_kernel[grid](xp[t], hw, c_all[t], raw, c_all[t + 1], acts[t], B, H,
+                                  BLOCK=cfg.block, num_warps=cfg.num_warps)
+        torch.mm(raw, r_t, out=y[t])
+        h_prev = y[t]
+    return y, c_all, acts
+
+
+def cell_backward_projected(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor,
+                            c_all: torch.Tensor, acts: torch.Tensor):
+    """Reverse loop of :func:`cell_forward_projected`. ``dy (T,B,P) fp32`` already holds dL/dh_n in
+    its last step; ``dc_n (B,H) fp32``.
+
+    Returns ``dG (T,B,4H) dt``, ``dh0 (B,P) dt``, ``dc0 (B,H) fp32``, ``dw_hr (P,H) dt`` where
+    ``dw_hr = Σ_t dh_tᵀ (o_t ⊙ tanh c_t)`` with dh_t the total gradient of the projected h_t.
+    """
+    T, B, P = dy.shape
+    H, dt, dev = w_hr.shape[1], w_hh.dtype, dy.device
+    dG = new_buffer((T, B, 4 * H), dt, dev)
+    dH = new_buffer((T, B, P), torch.float32, dev)  # total dL/dh_t (projected), for dw_hr
+    dc = dc_n.float().contiguous().clone()
+    dh_rec = torch.zeros((B, P), dtype=dt, device=dev)
+    dh_raw = new_buffer((B, H), dt, dev)
+    no_dy = torch.zeros((B, H), dtype=torch.float32, device=dev)  # the kernel's dy: all of dh is in dh_raw
+    cfg = pointwise_config(B * H)
+    grid = (triton.cdiv(B * H, cfg.block),)
+    for t in range(T - 1, -1, -1):
+        torch.add(dy[t], dh_rec, out=dH[t])
+        torch.mm(dH[t].to(dt), w_hr, out=dh_raw)
+        cell_backward_kernel[grid](no_dy, dh_raw, dc, acts[t], c_all[t + 1], c_all[t], dG[t], B, H,
+                                   BLOCK=cfg.block, num_warps=cfg.num_warps)
+        torch.mm(dG[t], w_hh, out=dh_rec)
+    raw = acts[..., 3 * H:] * torch.tanh(c_all[1:])  # o_t ⊙ tanh(c_t), fp32
+    dw_hr = torch.mm(dH.reshape(T * B, P).t(), raw.reshape(T * B, H)).to(dt)
+    return dG, dh_rec, dc, dw_hr

@@ -67,14 +67,22 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
 
 
 def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device, *,
-                  arch: int | None = None, sms: int | None = None) -> str:
+                  arch: int | None = None, sms: int | None = None, projected: bool = False) -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
+
+    ``projected`` (nn.LSTM's proj_size > 0): the cell level, whatever was asked — the step and
+    persistent kernels fuse a recurrent GEMM whose reduction runs over H, not over P.
 
     ``auto``: persistent when its launch fits (H ≤ 1024, the W_hh slice within the architecture's
     on-chip budget, hidden slices × batch tiles ≤ SM count), else step. ``persistent`` for a size it
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
+    if projected:
+        if requested != "cell":
+            _debug("fusion %s -> cell: proj_size > 0 runs at the cell level (the step and persistent kernels "
+                   "reduce the recurrent GEMM over H, not over the projected size)", requested)
+        return "cell"
     if dtype == torch.bfloat16 and interpreter_on() and torch.device(device).type == "cpu" and requested != "cell":
         _debug("fusion %s -> cell: bf16 under the Triton interpreter, which has no bf16 tl.dot "
                "(step and persistent would compute wrong numbers)", requested)

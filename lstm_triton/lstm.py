@@ -6,7 +6,8 @@ initialisation and ``state_dict``; it only replaces the computation. Extra keywo
 ``fusion`` (``auto``, ``cell``, ``step``, ``persistent``) and ``backend`` (``auto``, ``triton``,
 ``torch``). Variable-length batches run on the kernels: PackedSequence input, and padded input with
 ``lengths`` (``forward(input, hx, lengths=...)``; ``packed.py`` says how). ``proj_size > 0`` runs on
-torch's kernel with ``backend='auto'`` and raises NotImplementedError with ``backend='triton'``.
+the kernels at the cell level (the step and persistent kernels reduce over H, not P; the debug
+log says so when another level was asked for).
 
 Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
 is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
@@ -32,7 +33,7 @@ from . import (
     packed,
 )
 from .autograd import run_layer
-from .backend import BACKENDS, FUSIONS, check_choice, choose_backend, log
+from .backend import BACKENDS, FUSIONS, check_choice, choose_backend
 
 # torch.compile: dynamo refuses to trace any module that is an nn.RNN/GRU/LSTM (a blanket guard,
 # torch._dynamo.config.allow_rnn, off by default) and would break the graph around this layer, which
@@ -103,17 +104,17 @@ def _no_autocast(x: torch.Tensor, active: bool):
     return torch.autocast(x.device.type, enabled=False) if active else contextlib.nullcontext()
 
 
-def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None):
-    """One direction of one layer, time-major; returns ``(y (T,B,H), h_n (B,H), c_n (B,H))``.
-    ``lengths (B,)`` int64 on x's device, or None for full-length rows."""
+def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None, w_hr=None):
+    """One direction of one layer, time-major; returns ``(y (T,B,P), h_n (B,P), c_n (B,H))``.
+    ``lengths (B,)`` int64 on x's device, or None for full-length rows; ``w_hr (P,H)`` or None (P = H)."""
     if backend == "torch":
-        weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+        weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else []) + ([w_hr] if w_hr is not None else [])
         if lengths is not None and x.shape[1] > 0:
             return packed.torch_layer(x, h0, c0, weights, b_ih is not None, lengths)
         y, h, c = torch._VF.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), weights, b_ih is not None,
                                  1, 0.0, False, False, False)
         return y, h[0], c[0]
-    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)  # the level is resolved in the operator
+    return run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)  # the level is resolved in the operator
 
 
 def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -136,6 +137,7 @@ def lstm(
     bias_hh: torch.Tensor | None = None,
     hx: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
+    weight_hr: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     fusion: str = "auto",
     backend: str = "auto",
@@ -143,10 +145,13 @@ def lstm(
     """One LSTM layer, nn.LSTM's math and weight layout, differentiable in every argument.
 
     ``input (T, B, I)``; ``weight_ih (4H, I)``, ``weight_hh (4H, H)``, biases ``(4H,)`` with gate
-    rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None. ``lengths`` (B integers in
-    [0, T], any device; optional): row b runs only its first ``lengths[b]`` steps — past them its
-    output is 0, its state stays as it was (h_n, c_n are taken at its own last step) and no
-    gradient flows through the padding, as ``nn.LSTM`` on the packed equivalent.
+    rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None. ``weight_hr (P, H)``: nn.LSTM's
+    projection (proj_size P < H): then ``weight_hh`` is ``(4H, P)``, h0, h_n and the output have P
+    features (runs at the cell level, whatever ``fusion`` asks; the reason is in the debug log).
+    ``lengths`` (B integers in [0, T], any device; optional): row b runs only its first
+    ``lengths[b]`` steps — past them its output is 0, its state stays as it was (h_n, c_n are taken
+    at its own last step) and no gradient flows through the padding, as ``nn.LSTM`` on the packed
+    equivalent.
     Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype (under autocast:
     the autocast dtype, as nn.LSTM), each owning its storage. B = 0 gives empty results.
 
@@ -160,23 +165,28 @@ def lstm(
     if input.dim() != 3:
         raise ValueError(f"lstm: expected input of shape (T, B, I), got {input.dim()}D")
     T, B, I = input.shape
-    H = weight_hh.shape[1] if weight_hh.dim() == 2 else -1
-    if weight_ih.shape != (4 * H, I) or weight_hh.shape != (4 * H, H):
+    if weight_hr is not None and weight_hr.dim() != 2:
+        raise RuntimeError(f"lstm: weight_hr must be (P, H), got {tuple(weight_hr.shape)}")
+    P = (weight_hh.shape[1] if weight_hh.dim() == 2 else -1) if weight_hr is None else weight_hr.shape[0]
+    H = P if weight_hr is None else weight_hr.shape[1]
+    if weight_ih.shape != (4 * H, I) or weight_hh.shape != (4 * H, P):
         raise RuntimeError(
-            f"lstm: weight_ih must be (4H, I) = {(4 * H, I)} and weight_hh (4H, H) = {(4 * H, H)}, "
-            f"got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
+            f"lstm: weight_ih must be (4H, I) = {(4 * H, I)} and weight_hh (4H, {'H' if weight_hr is None else 'P'}) "
+            f"= {(4 * H, P)}, got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
         )
+    if weight_hr is not None and not 0 < P < H:
+        raise RuntimeError(f"lstm: weight_hr must be (P, H) with 0 < P < H, got {tuple(weight_hr.shape)}")
     if I == 0:
         raise ValueError("input_size must be greater than zero")
     if H == 0:
         raise ValueError("hidden_size must be greater than zero")
-    weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh}
+    weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh,
+               "weight_hr": weight_hr}
     _check_parameter_devices(input, weights.values())
     _check_two_states(hx)
     if hx is None:
-        zeros = input.new_zeros(B, H)
-        hx = (zeros, zeros)
-    _check_state("hx[0]", hx[0], input, (B, H))
+        hx = (input.new_zeros(B, P), input.new_zeros(B, H))
+    _check_state("hx[0]", hx[0], input, (B, P))
     _check_state("hx[1]", hx[1], input, (B, H))
     if T == 0:
         raise RuntimeError(EMPTY_SEQUENCE)
@@ -184,7 +194,7 @@ def lstm(
     input, h0, c0 = (autocast_cast(t, ac) for t in (input, *hx))
     weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
     _check_dtypes(input, {"hx[0]": h0, "hx[1]": c0}, weights)
-    w_ih, w_hh, b_ih, b_hh = weights.values()
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights.values()
     if (b_ih is None) != (b_hh is None):
         zero = torch.zeros(4 * H, dtype=input.dtype, device=input.device)
         b_ih = zero if b_ih is None else b_ih
@@ -193,7 +203,7 @@ def lstm(
     if lengths is not None:
         lengths = packed.check_lengths(lengths, T, B, input.device)
     with _no_autocast(input, ac is not None):
-        y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen, lengths)
+        y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen, lengths, w_hr)
     return y, (h, c)
 
 
@@ -226,24 +236,15 @@ class LSTM(nn.LSTM):
         ac = autocast_dtype(data)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
-        if backend == "triton" and self.proj_size > 0:
-            if self.backend == "triton":
-                raise NotImplementedError(
-                    "lstm_triton.LSTM: proj_size > 0 is not implemented by the Triton kernels; "
-                    "use backend='torch' or backend='auto' (which runs it on torch's kernel)"
-                )
-            log.debug("backend auto -> torch: proj_size > 0 is not implemented by the Triton kernels")
-            backend = "torch"
         if lengths is not None:
             batch_dim = 0 if self.batch_first else 1
             lengths = packed.check_lengths(lengths, data.size(1 - batch_dim), data.size(batch_dim), data.device)
         if backend == "torch":
             if lengths is None:
                 return super().forward(input, hx)
-            directions = 2 if self.bidirectional else 1
-            state_shape = (self.num_layers * directions, data.size(0 if self.batch_first else 1), self.hidden_size)
-            y, states = packed.torch_module_forward(super().forward, input, hx, lengths, self.batch_first, state_shape)
-            return y, states
+            if hx is None:
+                hx = self._zero_states(data.size(0 if self.batch_first else 1), data)
+            return packed.torch_module_forward(super().forward, input, hx, lengths, self.batch_first)
         if is_packed:
             padded, lengths = packed.unpack(input)
             output, states = self._triton_forward(padded, hx, ac, lengths, batch_first=False)
@@ -259,12 +260,9 @@ class LSTM(nn.LSTM):
         batch_dim = 0 if batch_first else 1
         if not batched:
             input = input.unsqueeze(batch_dim)
-        directions = 2 if self.bidirectional else 1
         B = input.size(batch_dim)
-        state_shape = (self.num_layers * directions, B, self.hidden_size)
         if hx is None:
-            zeros = torch.zeros(state_shape, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros)
+            hx = self._zero_states(B, input)
         else:
             want = 3 if batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -276,8 +274,8 @@ class LSTM(nn.LSTM):
             if not batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         self.check_forward_args(input, hx, None)
-        _check_state("hidden[0]", hx[0], input, state_shape)
-        _check_state("hidden[1]", hx[1], input, state_shape)
+        _check_state("hidden[0]", hx[0], input, tuple(self.get_expected_hidden_size(input, None)))
+        _check_state("hidden[1]", hx[1], input, tuple(self.get_expected_cell_size(input, None)))
         if input.size(1 - batch_dim) == 0:
             raise RuntimeError(EMPTY_SEQUENCE)
         # Autocast: nn.LSTM's rule, every floating tensor but float64 in the autocast dtype.
@@ -293,6 +291,14 @@ class LSTM(nn.LSTM):
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
 
+    def _zero_states(self, B: int, like: torch.Tensor):
+        """nn.LSTM's default ``(h0 (L·D, B, P or H), c0 (L·D, B, H))``."""
+        directions = 2 if self.bidirectional else 1
+        shape = (self.num_layers * directions, B)
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (torch.zeros(*shape, h_size, dtype=like.dtype, device=like.device),
+                torch.zeros(*shape, self.hidden_size, dtype=like.dtype, device=like.device))
+
     def _layers(self, x: torch.Tensor, hx, weights: dict, lengths=None):
         """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), (h_n, c_n) (L·D,B,H))``.
         With ``lengths (B,)`` the reverse direction starts at each row's own end."""
@@ -306,8 +312,9 @@ class LSTM(nn.LSTM):
                 w_ih, w_hh = weights[f"weight_ih{sfx}"], weights[f"weight_hh{sfx}"]
                 b_ih, b_hh = (weights[f"bias_ih{sfx}"], weights[f"bias_hh{sfx}"]) if self.bias else (None, None)
                 seq = _reverse(x, lengths) if d else x  # the reverse direction reads time backwards
+                w_hr = weights[f"weight_hr{sfx}"] if self.proj_size > 0 else None
                 y, h, c = _run_layer(self.fusion, seq, hx[0][idx], hx[1][idx], w_ih, w_hh, b_ih, b_hh, "triton",
-                                     lengths)
+                                     lengths, w_hr)
                 outputs.append(_reverse(y, lengths) if d else y)
                 h_n.append(h)
                 c_n.append(c)

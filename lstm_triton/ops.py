@@ -1,12 +1,14 @@
 """The Triton recurrence as two PyTorch operators, so that PyTorch's tooling sees through the layer.
 
-``torch.ops.lstm_triton.recurrence(xp, h0, c0, w_hh, fusion) -> (y, c_n, c_all, acts)``
-    xp (T,B,4H) fp32 (input projection with both biases), h0/c0 (B,H) dt, w_hh (4H,H) dt;
-    y (T,B,H) dt, c_n (B,H) dt, and the saved intermediates c_all (T+1,B,H) fp32, acts (T,B,4H) fp32
+``torch.ops.lstm_triton.recurrence(xp, h0, c0, w_hh, w_hr, fusion) -> (y, c_n, c_all, acts)``
+    xp (T,B,4H) fp32 (input projection with both biases), h0 (B,P) dt, c0 (B,H) dt, w_hh (4H,P) dt,
+    w_hr (P,H) dt or None (nn.LSTM's proj_size; P = H without it);
+    y (T,B,P) dt, c_n (B,H) dt, and the saved intermediates c_all (T+1,B,H) fp32, acts (T,B,4H) fp32
     (returned as outputs because an operator may not hide state; they are not differentiable).
-``torch.ops.lstm_triton.recurrence_backward(dy, dc_n, w_hh, c_all, acts, fusion) -> (dG, dh0, dc0)``
-    dy (T,B,H) fp32 already holding dL/dh_n in its last step, dc_n (B,H) fp32;
-    dG (T,B,4H) dt (pre-activation gradients), dh0 (B,H) dt, dc0 (B,H) fp32.
+``torch.ops.lstm_triton.recurrence_backward(dy, dc_n, w_hh, w_hr, c_all, acts, fusion) -> (dG, dh0, dc0, dw_hr)``
+    dy (T,B,P) fp32 already holding dL/dh_n in its last step, dc_n (B,H) fp32;
+    dG (T,B,4H) dt (pre-activation gradients), dh0 (B,P) dt, dc0 (B,H) fp32, dw_hr (P,H) dt
+    (empty without a projection).
 
 ``fusion`` is the requested level (auto / cell / step / persistent), resolved inside each operator
 by :func:`lstm_triton.backend.choose_fusion` from (B, H, dtype, device): the decision (which reads
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .backend import FUSIONS, choose_fusion
-from .kernels.lstm_cell import cell_backward, cell_forward
+from .kernels.lstm_cell import cell_backward, cell_backward_projected, cell_forward, cell_forward_projected
 from .kernels.lstm_persistent import persistent_backward, persistent_forward
 from .kernels.lstm_step import step_backward, step_forward
 
@@ -48,47 +50,62 @@ def _check_fusion(fusion: str) -> None:
         raise ValueError(f"lstm_triton::recurrence: fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
 
 
+def _level(fusion: str, B: int, H: int, dt: torch.dtype, device, w_hr: Tensor | None) -> str:
+    return choose_fusion(fusion, B, H, dt, device, projected=w_hr is not None)
+
+
 @torch.library.custom_op("lstm_triton::recurrence", mutates_args=())
-def recurrence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, fusion: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def recurrence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+               fusion: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_fusion(fusion)
     T, B, H4 = xp.shape
-    H, dt = H4 // 4, w_hh.dtype
+    H, P, dt = H4 // 4, w_hh.shape[1], w_hh.dtype
     if B * H == 0:  # nothing to compute (the kernels cannot launch an empty grid)
-        y = xp.new_empty((T, B, H), dtype=dt)
+        y = xp.new_empty((T, B, P), dtype=dt)
         c_all = c0.float().expand(T + 1, B, H).clone()
         return y, c0.to(dt).clone(), c_all, xp.new_empty((T, B, H4))
-    y, c_all, acts = FORWARD[choose_fusion(fusion, B, H, dt, xp.device)](xp, h0, c0, w_hh)
+    level = _level(fusion, B, H, dt, xp.device, w_hr)
+    if w_hr is not None:  # choose_fusion resolves a projected layer to the cell level
+        y, c_all, acts = cell_forward_projected(xp, h0, c0, w_hh, w_hr)
+    else:
+        y, c_all, acts = FORWARD[level](xp, h0, c0, w_hh)
     return _owned(y), c_all[-1].to(dt, copy=True), c_all, acts
 
 
 @recurrence.register_fake
-def _recurrence_fake(xp, h0, c0, w_hh, fusion):
+def _recurrence_fake(xp, h0, c0, w_hh, w_hr, fusion):
     T, B, H4 = xp.shape
-    H, dt = H4 // 4, w_hh.dtype
-    return (xp.new_empty((T, B, H), dtype=dt), xp.new_empty((B, H), dtype=dt),
+    H, P, dt = H4 // 4, w_hh.shape[1], w_hh.dtype
+    return (xp.new_empty((T, B, P), dtype=dt), xp.new_empty((B, H), dtype=dt),
             xp.new_empty((T + 1, B, H), dtype=torch.float32), xp.new_empty((T, B, H4), dtype=torch.float32))
 
 
 @torch.library.custom_op("lstm_triton::recurrence_backward", mutates_args=())
-def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, c_all: Tensor, acts: Tensor,
-                        fusion: str) -> tuple[Tensor, Tensor, Tensor]:
+def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Tensor | None, c_all: Tensor, acts: Tensor,
+                        fusion: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _check_fusion(fusion)
-    T, B, H = dy.shape
-    dt = w_hh.dtype
+    T, B, P = dy.shape
+    H, dt = c_all.shape[2], w_hh.dtype
+    no_dw_hr = dy.new_empty((0,), dtype=dt)
     if B * H == 0:
-        return (dy.new_zeros((T, B, 4 * H), dtype=dt), dy.new_zeros((B, H), dtype=dt),
-                dc_n.to(torch.float32, copy=True))
+        dw_hr = no_dw_hr if w_hr is None else torch.zeros_like(w_hr)
+        return (dy.new_zeros((T, B, 4 * H), dtype=dt), dy.new_zeros((B, P), dtype=dt),
+                dc_n.to(torch.float32, copy=True), dw_hr)
     # dG may be a slice of a (T+1)-step buffer: it never reaches the user (the layer's backward
     # consumes it), so it is returned as is. dh0 and dc0 are fresh tensors.
-    return BACKWARD[choose_fusion(fusion, B, H, dt, dy.device)](dy.contiguous(), dc_n, w_hh, c_all, acts)
+    level = _level(fusion, B, H, dt, dy.device, w_hr)
+    if w_hr is not None:
+        return cell_backward_projected(dy.contiguous(), dc_n, w_hh, w_hr, c_all, acts)
+    return (*BACKWARD[level](dy.contiguous(), dc_n, w_hh, c_all, acts), no_dw_hr)
 
 
 @recurrence_backward.register_fake
-def _recurrence_backward_fake(dy, dc_n, w_hh, c_all, acts, fusion):
-    T, B, H = dy.shape
-    dt = w_hh.dtype
-    return (dy.new_empty((T, B, 4 * H), dtype=dt), dy.new_empty((B, H), dtype=dt),
-            dy.new_empty((B, H), dtype=torch.float32))
+def _recurrence_backward_fake(dy, dc_n, w_hh, w_hr, c_all, acts, fusion):
+    T, B, P = dy.shape
+    H, dt = c_all.shape[2], w_hh.dtype
+    dw_hr = dy.new_empty((0,), dtype=dt) if w_hr is None else torch.empty_like(w_hr)
+    return (dy.new_empty((T, B, 4 * H), dtype=dt), dy.new_empty((B, P), dtype=dt),
+            dy.new_empty((B, H), dtype=torch.float32), dw_hr)
 
 
 def _register_autograd() -> None:

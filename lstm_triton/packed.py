@@ -119,14 +119,11 @@ def torch_layer(x, h0, c0, weights: list, has_bias: bool, lengths: torch.Tensor)
     return y, h[0], c[0]
 
 
-def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool, state_shape):
-    """``nn.LSTM.forward`` (``forward``) on padded ``input`` with ``lengths``, via packing; the
-    output is padded again to the input's length."""
+def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool):
+    """``nn.LSTM.forward`` (``forward``) on padded ``input`` with ``lengths`` and states ``hx``, via
+    packing; the output is padded again to the input's length."""
     T = input.size(1 if batch_first else 0)
     packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=batch_first, enforce_sorted=False)
     out, states = forward(packed, hx)
     y, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
-    if hx is None:
-        zeros = torch.zeros(state_shape, dtype=y.dtype, device=y.device)
-        hx = (zeros, zeros)
     return _zero_length_rows(lengths, y, states, hx, batch_dim=0 if batch_first else 1)

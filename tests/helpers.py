@@ -49,14 +49,14 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
                     unbatched=False, bias=True, with_state=True, dtype=torch.float32, seed=0, dropout=0.0,
-                    train=False, layer_class=None, before_backward=None):
+                    train=False, layer_class=None, before_backward=None, proj_size=0):
     """Run both on the same weights/inputs/upstream grads; return {name: relative error}.
 
     ``before_backward``: called between our forward and our backward (e.g. to break only the
     backward kernel in a negative control)."""
     gen = torch.Generator().manual_seed(seed)
     kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
-                  dropout=dropout)
+                  dropout=dropout, proj_size=proj_size)
     ref = nn.LSTM(I, H, dtype=torch.float64, **kwargs)
     with torch.no_grad():
         for p in ref.parameters():
@@ -72,9 +72,10 @@ def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, ba
     D = 2 if bidirectional else 1
     x_shape = (T, I) if unbatched else ((B, T, I) if batch_first else (T, B, I))
     s_shape = (num_layers * D, H) if unbatched else (num_layers * D, B, H)
+    h_shape = s_shape[:-1] + (proj_size or H,)
     leaves64 = [torch.randn(x_shape, generator=gen, dtype=torch.float64)]
     if with_state:
-        leaves64 += [torch.randn(s_shape, generator=gen, dtype=torch.float64) for _ in range(2)]
+        leaves64 += [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in (h_shape, s_shape)]
     leaves64 = [t.requires_grad_() for t in leaves64]
     leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in leaves64]
 

@@ -50,6 +50,17 @@ def test_the_differentiable_backward_passes_gradcheck_and_gradgradcheck():
     T, B, H = 3, 2, 2
     args = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True)
             for s in ((T, B, 4 * H), (B, H), (B, H), (4 * H, H), (T, B, H), (B, H))]
+    fn = lambda *a: differentiable_backward(*a)[:4]  # noqa: E731  (no projection: its dw_hr is None)
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_the_differentiable_backward_with_a_projection_passes_gradcheck():
+    """nn.LSTM's proj_size: h_t = W_hr (o ⊙ tanh c_t), P=1 < H=2."""
+    gen = torch.Generator().manual_seed(3)
+    T, B, H, P = 3, 2, 2, 1
+    args = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True)
+            for s in ((T, B, 4 * H), (B, P), (B, H), (4 * H, P), (T, B, P), (B, H), (P, H))]
     assert torch.autograd.gradcheck(differentiable_backward, args)
     assert torch.autograd.gradgradcheck(differentiable_backward, args)
 

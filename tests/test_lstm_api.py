@@ -64,16 +64,6 @@ def test_unknown_fusion_or_backend_is_rejected(name, value):
         lstm_triton.LSTM(3, 5, **{name: value})
 
 
-def test_projections_need_torchs_kernel():
-    with pytest.raises(NotImplementedError, match="proj_size > 0"):
-        lstm_triton.LSTM(3, 4, proj_size=2, backend="triton", device=DEVICE)(torch.randn(5, 2, 3, device=DEVICE))
-    torch.manual_seed(0)
-    ours, ref = lstm_triton.LSTM(3, 4, proj_size=2), nn.LSTM(3, 4, proj_size=2)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 2, 3)
-    assert torch.equal(ours(x)[0], ref(x)[0])  # auto falls back to torch's kernel
-
-
 def _bad_calls():
     x = torch.randn(7, 3, 5)
     state = torch.zeros(1, 3, 20)

@@ -26,16 +26,22 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("fusion", ["cell", "step", "persistent"])
-def test_the_operators_pass_opcheck(fusion):
-    """Schema, fake (meta) implementation, autograd registration and AOT dispatch with dynamic shapes."""
+@pytest.mark.parametrize("fusion, P", [("cell", None), ("step", None), ("persistent", None), ("auto", 3)],
+                         ids=["cell", "step", "persistent", "projected"])
+def test_the_operators_pass_opcheck(fusion, P):
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch with dynamic shapes
+    (``P``: nn.LSTM's proj_size, W_hr (P, H) and W_hh (4H, P))."""
     gen = torch.Generator().manual_seed(0)
-    xp, h0, c0, w = (torch.randn(s, generator=gen).to(DEVICE).requires_grad_() for s in ((4, 2, 20), (2, 5),
-                                                                                          (2, 5), (20, 5)))
-    opcheck(torch.ops.lstm_triton.recurrence.default, (xp, h0, c0, w, fusion))
-    _, _, c_all, acts = torch.ops.lstm_triton.recurrence(xp.detach(), h0.detach(), c0.detach(), w.detach(), fusion)
-    dy, dc = torch.randn(4, 2, 5, device=DEVICE), torch.randn(2, 5, device=DEVICE)
-    opcheck(torch.ops.lstm_triton.recurrence_backward.default, (dy, dc, w.detach(), c_all, acts, fusion))
+    H, K = 5, P or 5
+    xp, h0, c0, w = (torch.randn(s, generator=gen).to(DEVICE).requires_grad_() for s in ((4, 2, 4 * H), (2, K),
+                                                                                          (2, H), (4 * H, K)))
+    w_hr = None if P is None else torch.randn(P, H, generator=gen).to(DEVICE).requires_grad_()
+    opcheck(torch.ops.lstm_triton.recurrence.default, (xp, h0, c0, w, w_hr, fusion))
+    _, _, c_all, acts = torch.ops.lstm_triton.recurrence(xp.detach(), h0.detach(), c0.detach(), w.detach(),
+                                                         None if w_hr is None else w_hr.detach(), fusion)
+    dy, dc = torch.randn(4, 2, K, device=DEVICE), torch.randn(2, H, device=DEVICE)
+    opcheck(torch.ops.lstm_triton.recurrence_backward.default,
+            (dy, dc, w.detach(), None if w_hr is None else w_hr.detach(), c_all, acts, fusion))
 
 
 def _train_char_lm(steps, lengths, wrap=lambda m: m, mark_dynamic=False):
