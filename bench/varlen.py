@@ -8,6 +8,7 @@ A batch of B sequences whose lengths are drawn, from a fixed seed, uniformly fro
                       may waste work on padding; its h_n/c_n are not the rows' last states)
 ``triton-<level>``    lstm_triton.LSTM at that fusion level on the PackedSequence
 ``triton-padded``     lstm_triton.LSTM (fusion auto) on the padded tensor with ``lengths=``
+``triton-auto``       lstm_triton.LSTM (fusion auto) on the PackedSequence (the GPU check's "ours")
 
 Throughput counts real tokens only: ``sum(lengths) / time``. Every provider is compared in packed
 form (padded outputs and input gradients are packed the same way first) with nn.LSTM in float64
@@ -30,8 +31,10 @@ from bench.providers import ProviderStatus, reference_weights, status
 
 VARLEN_PROVIDERS = ("nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded")
 VARLEN_MODES = ("forward", "forward_backward")
+# triton-auto (fusion auto on the PackedSequence) is the GPU check's "ours packed"; the suite times each level.
 FUSION_OF = {"triton-cell": "cell", "triton-step": "step", "triton-persistent": "persistent",
-             "triton-padded": "auto"}
+             "triton-auto": "auto", "triton-padded": "auto"}
+KNOWN_PROVIDERS = ("nn", "nn-padded", *FUSION_OF)
 PADDED = ("nn-padded", "triton-padded")  # take the padded tensor; the rest take the PackedSequence
 LENGTHS_SEED = 0
 
@@ -100,13 +103,14 @@ def make_varlen_inputs(T: int, B: int, I: int, H: int, device, dtype, seed: int 
 
 
 def varlen_status(provider: str, device: torch.device, dtype: torch.dtype) -> ProviderStatus:
-    """As :func:`bench.providers.status`; ``nn-padded`` is nn, ``triton-padded`` needs what the step
-    level needs (the interpreter has no bf16 tl.dot for any level but cell).
+    """As :func:`bench.providers.status`; ``nn-padded`` is nn, ``triton-padded`` and ``triton-auto``
+    need what the step level needs (the interpreter has no bf16 tl.dot for any level but cell).
 
-    Raises ValueError naming ``provider`` when it is not one of :data:`VARLEN_PROVIDERS`."""
-    if provider not in VARLEN_PROVIDERS:
-        raise ValueError(f"provider must be one of {', '.join(VARLEN_PROVIDERS)}, got {provider!r}")
-    return status({"nn-padded": "nn", "triton-padded": "triton-step"}.get(provider, provider), device, dtype)
+    Raises ValueError naming ``provider`` when it is not one of :data:`KNOWN_PROVIDERS`."""
+    if provider not in KNOWN_PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(KNOWN_PROVIDERS)}, got {provider!r}")
+    same_as = {"nn-padded": "nn", "triton-padded": "triton-step", "triton-auto": "triton-step"}
+    return status(same_as.get(provider, provider), device, dtype)
 
 
 def build_varlen_layer(provider: str, weights: dict[str, torch.Tensor], device, dtype) -> nn.Module:
