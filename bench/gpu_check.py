@@ -116,18 +116,18 @@ VARLEN_COLUMNS = (("nn", "nn packed"), ("nn-padded", "nn padded"), ("triton-auto
 
 
 def varlen_table(varlen: pd.DataFrame, timed: bool) -> str:
-    """ms per batch call (and per sequence) of the variable-length case, rows precision × mode, with
+    """ms per batch call of the variable-length case (varlen.csv has ms per sequence), rows precision × mode, with
     ours packed's speedup over nn packed (target ≥ 5× forward+backward), its ratio to ours padded
     (target ≤ 1.2) and nn packed's slowdown over nn padded. Ratios only for timed runs."""
     if varlen.empty:
         return "(no variable-length timings)"
-    header = ["precision", "mode", *(f"{label} ms" for _, label in VARLEN_COLUMNS), "ours packed vs nn packed",
-              "ours packed / ours padded", "nn packed / nn padded"]
+    header = ["precision", "mode", *(label for _, label in VARLEN_COLUMNS), "ours vs nn packed",
+              "ours packed/padded", "nn packed/padded"]
     rows = []
     for (precision, mode), grp in varlen.groupby(["precision", "mode"], sort=False):
         ms = grp.set_index("provider")["ms"]
         get = lambda p, ms=ms: float(ms.get(p, math.nan))
-        cells = [precision, mode] + [_cell_ms(get(p), int(grp["B"].iloc[0])) for p, _ in VARLEN_COLUMNS]
+        cells = [precision, mode] + [f"{get(p):.4g}" if not math.isnan(get(p)) else "—" for p, _ in VARLEN_COLUMNS]
         ratios = (get("nn") / get("triton-auto"), get("triton-auto") / get("triton-padded"),
                   get("nn") / get("nn-padded"))
         cells += [f"{r:.2f}×" if timed and not math.isnan(r) else "—" for r in ratios]
@@ -141,10 +141,6 @@ def _varlen_caption(varlen: pd.DataFrame) -> str:
     r = varlen.iloc[0]
     return f"B={r['B']}, I={r['I']}, H={r['H']}, T={r['T']}, lengths {r['lengths']} seed {r['lengths_seed']}, " \
            f"{r['real_tokens']} real tokens"
-
-
-def _cell_ms(ms: float, B: int) -> str:
-    return "—" if math.isnan(ms) else f"{ms:.3g} ({ms / B:.3g}/seq)"
 
 
 def per_step_table(layers: pd.DataFrame) -> str:
@@ -264,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                                                            "FAIL " + bad_acc.to_string(index=False)),
               "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations:", sass_table(sass),
               "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),
-              "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call "
+              "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call (÷ B for ms per "
+              "sequence) "
               + ("(do_bench median)" if device.type == "cuda" else "(interpreter: correctness run, not a timing)")
               + ":", varlen_table(varlen, device.type == "cuda"),
               "", timed + ":", per_step_table(layers)]

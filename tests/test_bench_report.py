@@ -205,7 +205,7 @@ def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
     assert {"forward", "forward_backward"} == set(varlen["mode"])
     assert (fp32["rel_err"] <= 1e-5).all()  # forward+backward vs float64 nn.LSTM on the packed input
     assert (varlen["real_tokens"] < varlen["padded_tokens"]).all()
-    assert "variable-length batch (B=3" in proc.stdout and "ours packed / ours padded" in proc.stdout
+    assert "variable-length batch (B=3" in proc.stdout and "ours packed/padded" in proc.stdout
 
     checks = json.loads((tmp_path / "checks.json").read_text())
     assert checks["sass"]["arch"] == "sm_90" and checks["sass"]["rows"], checks["sass"]
