@@ -3,7 +3,9 @@
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
 minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
 providers run under the interpreter there, at the d2l shape only and 10 epochs, as correctness
-runs), ``tiny`` (CI: every code path once, in seconds).
+runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets the
+variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on a
+CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
 
 Where the ``cpu`` profile saves time (it tells a CPU user least): interpreted cases get one
 round and no warm-up round (their clock is no performance figure); the large
