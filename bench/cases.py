@@ -3,7 +3,9 @@
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
 minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
 providers run under the interpreter there, at the d2l shape only and 10 epochs, as correctness
-runs), ``tiny`` (CI: every code path once, in seconds).
+runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets the
+variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on a
+CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
 
 Where the ``cpu`` profile saves time (it tells a CPU user least): interpreted cases get one
 round and no warm-up round (their clock is no performance figure); the large
@@ -56,6 +58,22 @@ class E2EConfig:
 
 
 @dataclass(frozen=True)
+class VarlenConfig:
+    """Variable-length batches (bench/varlen.py): lengths uniform in [T/4, T] for each T in ``Ts``,
+    B sequences, input size I, hidden size H. ``timed`` providers run at every T, mode and dtype;
+    Triton under the interpreter runs only ``interpreted`` (provider, mode) pairs at
+    ``interpreted_T`` (correctness runs: one round, never a timing)."""
+
+    Ts: tuple[int, ...]
+    B: int
+    I: int
+    H: int
+    timed: tuple[str, ...] = ("nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded")
+    interpreted: tuple[tuple[str, str], ...] = ()
+    interpreted_T: int | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     named: tuple[Shape, ...]  # benchmarked in every mode
@@ -66,6 +84,7 @@ class Profile:
     interpreted_shapes: tuple[str, ...] = ("d2l",)  # where interpreted Triton providers still run
     warmup_rounds: int = 1  # timed warm-up rounds after the untimed warm-up call
     large_rounds: int | None = None  # rounds at the "large" shape, no warm-up round (None: as elsewhere)
+    varlen: VarlenConfig | None = None  # variable-length batches (None: not benchmarked)
 
     def rounds_for(self, shape_name: str, interpreted: bool) -> tuple[int, int]:
         """(rounds, warmup_rounds) for one layer case: interpreter runs are correctness runs,
@@ -100,6 +119,7 @@ PROFILES = {
         + _sweep("hidden", (64, 128, 256, 512, 768, 1024), 128, 16, 0)
         + _sweep("seq_len", (16, 64, 256, 1024), 0, 16, 256),
         dtypes=("fp32", "bf16"), rounds=20, e2e=E2EConfig(epochs=500, check_epochs=10),
+        varlen=VarlenConfig(Ts=(64, 128, 256, 512, 1024), B=64, I=512, H=512),
     ),
     "cpu": Profile(
         "cpu", named=(D2L, LARGE),
@@ -108,6 +128,9 @@ PROFILES = {
         + _sweep("seq_len", (16, 64, 256), 0, 16, 128),
         dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=10, check_epochs=10),
         large_rounds=1,
+        # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
+        varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
+                            interpreted=(("triton-step", "forward_backward"),), interpreted_T=64),
     ),
     "tiny": Profile(
         "tiny", named=(Shape("d2l", 5, 3, 7, 20),),
@@ -117,6 +140,9 @@ PROFILES = {
         e2e=E2EConfig(epochs=3, interpreted_epochs=2, check_epochs=2, hidden_size=16, batch_size=4, num_steps=6,
                       max_tokens=400, val_tokens=120),
         interpreted_shapes=("d2l", "batch", "hidden", "seq_len"), warmup_rounds=0,
+        varlen=VarlenConfig(Ts=(4, 8), B=3, I=5, H=6, interpreted=tuple(
+            (p, m) for p in ("triton-cell", "triton-step", "triton-persistent", "triton-padded")
+            for m in ("forward", "forward_backward")), interpreted_T=8),
     ),
 }
 
@@ -149,3 +175,29 @@ def layer_cases(profile: Profile, providers) -> list[LayerCase]:
         for shape in profile.sweeps:
             cases += [LayerCase(p, "forward_backward", shape, dtype) for p in providers]
     return cases
+
+
+@dataclass(frozen=True)
+class VarlenCase:
+    provider: str
+    mode: str
+    T: int
+    B: int
+    I: int
+    H: int
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return f"varlen-{self.provider}-{self.mode}-T{self.T}-B{self.B}-I{self.I}-H{self.H}-{self.dtype}"
+
+
+def varlen_cases(profile: Profile, providers) -> list[VarlenCase]:
+    """Every (provider, mode, T, dtype) of the profile's variable-length benchmark, for the chosen
+    ``providers`` (names of bench.varlen.VARLEN_PROVIDERS). Whether a Triton provider is timed or
+    interpreted is decided when it runs (the test skips what the profile leaves out)."""
+    cfg = profile.varlen
+    if cfg is None:
+        return []
+    return [VarlenCase(p, m, T, cfg.B, cfg.I, cfg.H, dtype) for dtype in profile.dtypes for T in cfg.Ts
+            for m in ("forward", "forward_backward") for p in providers]

@@ -14,15 +14,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
 
-from bench.cases import layer_cases, resolve_profile  # noqa: E402
+from bench.cases import layer_cases, resolve_profile, varlen_cases  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
 from bench.providers import PROVIDERS  # noqa: E402
+from bench.varlen import VARLEN_PROVIDERS  # noqa: E402
+
+ALL_PROVIDERS = tuple(dict.fromkeys(PROVIDERS + VARLEN_PROVIDERS))
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("lstm-triton bench")
     group.addoption("--bench-profile", default="auto", help="auto (gpu if CUDA else cpu), gpu, cpu or tiny")
-    group.addoption("--bench-providers", default=",".join(PROVIDERS), help="comma-separated providers")
+    group.addoption("--bench-providers", default=",".join(ALL_PROVIDERS),
+                    help="comma-separated providers (nn-padded and triton-padded: variable-length benchmark only)")
 
 
 def _profile(config):
@@ -31,20 +35,23 @@ def _profile(config):
 
 def _providers(config):
     chosen = [p.strip() for p in config.getoption("--bench-providers").split(",") if p.strip()]
-    unknown = sorted(set(chosen) - set(PROVIDERS))
+    unknown = sorted(set(chosen) - set(ALL_PROVIDERS))
     if unknown:
-        raise pytest.UsageError(f"--bench-providers: unknown {unknown}; choose from {', '.join(PROVIDERS)}")
+        raise pytest.UsageError(f"--bench-providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
     # nn first: the others' end-to-end perplexity is compared with it in the same run.
-    return sorted(chosen, key=lambda p: (p != "nn", PROVIDERS.index(p)))
+    return sorted(chosen, key=lambda p: (p != "nn", ALL_PROVIDERS.index(p)))
 
 
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     if "layer_case" in metafunc.fixturenames:
-        cases = layer_cases(_profile(config), _providers(config))
+        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS])
         metafunc.parametrize("layer_case", cases, ids=[c.id for c in cases])
+    if "varlen_case" in metafunc.fixturenames:
+        cases = varlen_cases(_profile(config), [p for p in _providers(config) if p in VARLEN_PROVIDERS])
+        metafunc.parametrize("varlen_case", cases, ids=[c.id for c in cases])
     if "e2e_provider" in metafunc.fixturenames:
-        metafunc.parametrize("e2e_provider", _providers(config))
+        metafunc.parametrize("e2e_provider", [p for p in _providers(config) if p in PROVIDERS])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,12 +6,13 @@ tensor-core columns — one command, under 8 minutes on an H200, no network.
     python -m bench.gpu_check --out /tmp/x --smoke       # CPU, interpreter, tiny shapes (CI)
 
 Stages, each with a deadline (the deadlock guard: a hung kernel costs its stage, not the run):
-``tests`` (this project's Triton tests on CUDA, pytest subprocess), ``race``, ``layers`` and ``e2e``
+``tests`` (this project's Triton tests on CUDA, pytest subprocess), ``race``, ``layers``, ``varlen``
+(variable-length batches: B=64, H=512, T=1024, lengths uniform in [256, 1024]) and ``e2e``
 (bench/gpu_stages.py, one subprocess each), and ``sass`` (lstm_triton.kernel_report for the
 device's architecture, compiled on the CPU in the background while the others run).
 
 Writes into --out (default ``$OUT`` or results/gpu; at most 8 files): tests.log, checks.json
-(machine, stage status, tests, race, accuracy, SASS rows), timings.csv, e2e.csv,
+(machine, stage status, tests, race, accuracy, SASS rows), timings.csv, varlen.csv, e2e.csv,
 kernel_report.json, summary.txt; prints the summary, per-step table last. Exit status 1 when a
 test, the race check, an accuracy check or a stage failed or ran out of time.
 """
@@ -43,10 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_TESTS = ["tests/test_lstm_triton.py", "tests/test_lstm_math.py", "tests/test_lstm_api.py",
               "tests/test_train_triton.py", "tests/test_persistent_multiprogram.py"]
 # Seconds per stage on a GPU (a bare machine compiles every kernel first: the tests get most).
+# The layers stage gave 30 s to the varlen stage (compiling at H=512 is most of varlen's time).
 # They add up to 400 s, plus the SASS stage's last wait (what is left of TOTAL_S): under the 455 s
 # that gpu_check.sh allows, which with its ~15 s of set-up stays inside 8 minutes.
-GPU_DEADLINES = {"tests": 200, "race": 25, "layers": 130, "e2e": 45}
-SMOKE_DEADLINES = {"race": 300, "layers": 300, "e2e": 300}  # a busy 2-core CPU, the interpreter
+GPU_DEADLINES = {"tests": 200, "race": 25, "layers": 100, "varlen": 30, "e2e": 45}
+SMOKE_DEADLINES = {"race": 300, "layers": 300, "varlen": 300, "e2e": 300}  # a busy 2-core CPU, the interpreter
+STAGE_ORDER = ("race", "layers", "varlen", "e2e")
 TOTAL_S = {"gpu": 440, "smoke": 900}
 
 
@@ -106,6 +109,38 @@ def accuracy_table(layers: pd.DataFrame) -> pd.DataFrame:
     acc["ok"] = [(prov == "nn") or (math.isfinite(err) and err <= b)
                  for prov, err, b in zip(acc["provider"], acc["rel_err"], bound)]
     return acc
+
+
+VARLEN_COLUMNS = (("nn", "nn packed"), ("nn-padded", "nn padded"), ("triton-auto", "ours packed"),
+                  ("triton-padded", "ours padded+lengths"))
+
+
+def varlen_table(varlen: pd.DataFrame, timed: bool) -> str:
+    """ms per batch call of the variable-length case (varlen.csv has ms per sequence), rows precision × mode, with
+    ours packed's speedup over nn packed (target ≥ 5× forward+backward), its ratio to ours padded
+    (target ≤ 1.2) and nn packed's slowdown over nn padded. Ratios only for timed runs."""
+    if varlen.empty:
+        return "(no variable-length timings)"
+    header = ["precision", "mode", *(label for _, label in VARLEN_COLUMNS), "ours vs nn packed",
+              "ours packed/padded", "nn packed/padded"]
+    rows = []
+    for (precision, mode), grp in varlen.groupby(["precision", "mode"], sort=False):
+        ms = grp.set_index("provider")["ms"]
+        get = lambda p, ms=ms: float(ms.get(p, math.nan))
+        cells = [precision, mode] + [f"{get(p):.4g}" if not math.isnan(get(p)) else "—" for p, _ in VARLEN_COLUMNS]
+        ratios = (get("nn") / get("triton-auto"), get("triton-auto") / get("triton-padded"),
+                  get("nn") / get("nn-padded"))
+        cells += [f"{r:.2f}×" if timed and not math.isnan(r) else "—" for r in ratios]
+        rows.append(cells)
+    return _text_table(header, rows)
+
+
+def _varlen_caption(varlen: pd.DataFrame) -> str:
+    if varlen.empty:
+        return "not run"
+    r = varlen.iloc[0]
+    return f"B={r['B']}, I={r['I']}, H={r['H']}, T={r['T']}, lengths {r['lengths']} seed {r['lengths_seed']}, " \
+           f"{r['real_tokens']} real tokens"
 
 
 def per_step_table(layers: pd.DataFrame) -> str:
@@ -185,21 +220,23 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         parts = Path(tmp)
-        for stage in ("race", "layers", "e2e"):
+        for stage in STAGE_ORDER:
             report["stages"].append(run_stage(stage, parts, args.smoke, deadlines[stage]))
-        race, layer_rows, e2e_rows = (read_parts(parts, s) for s in ("race", "layers", "e2e"))
+        race, layer_rows, varlen_rows, e2e_rows = (read_parts(parts, s) for s in STAGE_ORDER)
     sass = sass_job.collect(total - (time.perf_counter() - start))
     sass["arch_reason"] = arch_why
 
     layers = pd.DataFrame(layer_rows)
     e2e = pd.DataFrame(e2e_rows)
+    varlen = pd.DataFrame(varlen_rows)
     if not layers.empty:
         nn_ms = layers[layers["provider"] == "nn"].set_index(["shape", "precision", "mode"])["ms"]
         layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in
                                    zip(zip(layers["shape"], layers["precision"], layers["mode"]), layers["ms"])]
     layers.to_csv(out / "timings.csv", index=False)
     e2e.to_csv(out / "e2e.csv", index=False)
-    acc = accuracy_table(layers)
+    varlen.to_csv(out / "varlen.csv", index=False)
+    acc = accuracy_table(pd.concat([layers, varlen.assign(shape="varlen")] if not varlen.empty else [layers]))
     report.update({"race": race, "accuracy": acc.to_dict("records"), "sass": sass,
                    "seconds": round(time.perf_counter() - start, 1)})
     (out / "checks.json").write_text(json.dumps(report, indent=2, default=str))
@@ -218,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"tests: exit {t['exit_code']}: {t['summary']}" + (f" ({t['note']})" if t["note"] else ""))
     lines += [f"race check (persistent, repeated runs bit-identical): {'PASS' if race_ok else 'FAIL'} "
               f"({len(race)} cases)",
-              "accuracy vs float64 nn.LSTM (forward): " + ("all within tolerance" if bad_acc.empty else
+              "accuracy vs float64 nn.LSTM (forward; varlen: forward+backward on the PackedSequence): "
+              + ("all within tolerance" if bad_acc.empty else
                                                            "FAIL " + bad_acc.to_string(index=False)),
               "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations:", sass_table(sass),
               "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),
+              "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call (÷ B for ms per "
+              "sequence) "
+              + ("(do_bench median)" if device.type == "cuda" else "(interpreter: correctness run, not a timing)")
+              + ":", varlen_table(varlen, device.type == "cuda"),
               "", timed + ":", per_step_table(layers)]
     summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n")

@@ -11,6 +11,12 @@ deadline still leaves what it measured):
   medians on CUDA) for nn.LSTM and every Triton level, in three precisions: fp32 with IEEE dots
   (``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32`` False), fp32
   with TF32 (both True) and bf16, plus each forward output's error against float64 nn.LSTM.
+- ``varlen``: the variable-length target case (B=64, I=H=512, T=1024, lengths uniform in
+  [256, 1024], seeded; bench/varlen.py), fp32 with TF32 and bf16, forward and forward+backward:
+  milliseconds per batch for nn.LSTM on the PackedSequence, nn.LSTM on the same data padded
+  (lengths ignored), ours on the PackedSequence (fusion auto) and ours padded with ``lengths=``,
+  and each one's largest error (output, h_n, c_n, every gradient) against float64 nn.LSTM on the
+  PackedSequence (nn padded: its output at real steps only).
 - ``e2e``: the d2l char LM for a few epochs per implementation from identical weights
   (``lstm_triton.train.Trainer``): median epoch tokens/s and perplexity.
 
@@ -51,6 +57,11 @@ GPU_E2E = (("nn", "nn", "auto", 6), ("triton-auto", "triton", "auto", 6),
            ("triton-persistent", "triton", "persistent", 6), ("naive", "naive", "auto", 3))
 SMOKE_E2E = (("nn", "nn", "auto", 2), ("triton-auto", "triton", "auto", 2),
              ("triton-persistent", "triton", "persistent", 2), ("naive", "naive", "auto", 1))
+# (T, B, I, H) of the variable-length case; precisions it runs in (cuDNN's default for fp32 is TF32)
+VARLEN_GPU = (1024, 64, 512, 512)
+VARLEN_SMOKE = (8, 3, 5, 6)
+VARLEN_PRECISIONS = ("fp32-tf32", "bf16")
+VARLEN_STAGE_PROVIDERS = ("nn", "nn-padded", "triton-auto", "triton-padded")
 SMOKE_E2E_SIZES = {"hidden_size": 16, "batch_size": 4, "num_steps": 6, "max_tokens": 400, "val_tokens": 120}
 
 
@@ -180,6 +191,43 @@ def stage_layers(parts: Path, device, smoke: bool) -> None:
                             "triton_dot_precision": triton_dot_precision(dtype)})
 
 
+# --------------------------------------------------------------------------------------- varlen
+
+
+def stage_varlen(parts: Path, device, smoke: bool) -> None:
+    """The variable-length target case: forward+backward first (the target), then forward."""
+    from bench.varlen import (
+        build_varlen_layer,
+        check_varlen,
+        length_config,
+        make_varlen_inputs,
+        varlen_operation,
+        varlen_status,
+    )
+
+    T, B, I, H = VARLEN_SMOKE if smoke else VARLEN_GPU
+    for precision in VARLEN_PRECISIONS:
+        dtype, tf32 = PRECISIONS[precision]
+        for provider in VARLEN_STAGE_PROVIDERS:
+            st = varlen_status(provider, device, dtype)
+            if not st.available:
+                print(f"  [varlen] skip {precision} {provider}: {st.reason}", flush=True)
+                continue
+            with tf32_switches(tf32):
+                layer = build_varlen_layer(provider, reference_weights(I, H), device, dtype)
+                errors = check_varlen(provider, layer, "forward_backward", T, B, I, H, device, dtype, 0)
+                inputs = make_varlen_inputs(T, B, I, H, device, dtype, seed=1)
+                for mode in ("forward_backward", "forward"):
+                    ms = time_ms(varlen_operation(mode, provider, layer, inputs, device), device)
+                    _append(parts, "varlen", {
+                        "T": T, "B": B, "I": I, "H": H, **length_config(inputs, T), "precision": precision,
+                        "mode": mode, "provider": provider, "ms": ms, "ms_per_sequence": ms / B,
+                        "rel_err": max(errors.values()), "worst": max(errors, key=errors.get),
+                        "tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
+                        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32})
+
+
 # ------------------------------------------------------------------------------------------ e2e
 
 
@@ -201,7 +249,7 @@ def stage_e2e(parts: Path, device, smoke: bool) -> None:
             "interpreted": impl == "triton" and device.type != "cuda"})
 
 
-STAGES = {"race": stage_race, "layers": stage_layers, "e2e": stage_e2e}
+STAGES = {"race": stage_race, "layers": stage_layers, "varlen": stage_varlen, "e2e": stage_e2e}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@ CSV: one row per provider × mode × metric × x value, with p50/p20/p80, unit, 
 JSON, device, library versions and a timestamp. Interpreter runs (Triton on CPU) are labelled
 ``interpreted`` and are never used for a speed figure: plots leave them out and the summary
 shows their perplexity but no speedup.
+
+Variable-length rows (bench/test_varlen_bench.py) have ``shape`` "varlen" and ``x_name``
+"varlen_T" (x_value: the nominal length T; lengths uniform in [T/4, T]); their tokens/s counts real
+tokens only and their config holds the length distribution and the real-token count.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PROVIDER_ORDER = ["naive", "nn", "triton-cell", "triton-step", "triton-persistent"]
+PROVIDER_ORDER = ["naive", "nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded"]
 CSV_COLUMNS = ["provider", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit", "dtype", "shape",
                "T", "B", "I", "H", "interpreted", "config", "device", "torch", "triton", "cudnn", "timestamp"]
 
@@ -41,12 +45,28 @@ def _common(info: dict, timestamp: str) -> dict:
 
 def _layer_rows(bench: dict, timestamp: str) -> list[dict]:
     info = bench["extra_info"]
+    swept = info.get("sweep_value") is not None
+    config = {k: info[k] for k in ("T", "B", "I", "H", "dtype", "tolerance")}
+    return _timing_rows(bench, timestamp, info["shape"] if swept else "shape",
+                        info["sweep_value"] if swept else info["shape"], config)
+
+
+VARLEN_CONFIG_KEYS = ("T", "B", "I", "H", "dtype", "tolerance", "lengths", "lengths_seed", "real_tokens",
+                      "padded_tokens", "T_max")
+
+
+def _varlen_rows(bench: dict, timestamp: str) -> list[dict]:
+    """A variable-length case: x is the nominal T; tokens (real ones) = sum of the lengths."""
+    info = bench["extra_info"]
+    return _timing_rows(bench, timestamp, "varlen_T", info["T"], {k: info.get(k) for k in VARLEN_CONFIG_KEYS})
+
+
+def _timing_rows(bench: dict, timestamp: str, x_name: str, x_value, config: dict) -> list[dict]:
+    """latency, tokens/s (``extra_info["tokens"]`` per round), error and the CUDA extras of one case."""
+    info = bench["extra_info"]
     base = _common(info, timestamp)
     base.update({k: info[k] for k in ("T", "B", "I", "H")})
-    swept = info.get("sweep_value") is not None
-    base["x_name"] = info["shape"] if swept else "shape"
-    base["x_value"] = info["sweep_value"] if swept else info["shape"]
-    base["config"] = json.dumps({k: info[k] for k in ("T", "B", "I", "H", "dtype", "tolerance")})
+    base.update(x_name=x_name, x_value=x_value, config=json.dumps(config))
     p50, p20, p80 = _quantiles(bench["stats"])
     tokens = info["tokens"]
     rows = [
@@ -86,6 +106,8 @@ def load_long_table(json_path: str | Path) -> tuple[pd.DataFrame, dict]:
         if info.get("mode") == "e2e_training":
             rows += _e2e_rows(bench, timestamp)
             e2e[info["provider"]] = info
+        elif info.get("benchmark") == "varlen":
+            rows += _varlen_rows(bench, timestamp)
         elif "provider" in info:
             rows += _layer_rows(bench, timestamp)
     df = pd.DataFrame(rows, columns=CSV_COLUMNS)
@@ -239,7 +261,101 @@ def _log_markevery(x: pd.Series) -> list[int]:
     return sorted({int(np.abs(values - t).argmin()) for t in targets})
 
 
+def varlen_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Variable-length latency per (mode, dtype, T, provider), timed runs only, with the speedup
+    over nn.LSTM on the PackedSequence (``speedup_vs_nn``) and the latency ratio to our own padded
+    run with lengths on the same data (``ratio_vs_triton_padded``; ≤ 1.2 is the target)."""
+    cols = ["mode", "dtype", "T", "provider", "latency_ms", "tokens_per_sec", "speedup_vs_nn",
+            "ratio_vs_triton_padded"]
+    varlen = df[(df["x_name"] == "varlen_T") & ~df["interpreted"]]
+    lat = varlen[varlen["metric"] == "latency_ms"]
+    if lat.empty:
+        return pd.DataFrame(columns=cols)
+    out = lat[["mode", "dtype", "T", "provider", "p50"]].rename(columns={"p50": "latency_ms"}).copy()
+    tok = varlen[varlen["metric"] == "tokens_per_sec"].set_index(["mode", "dtype", "T", "provider"])["p50"]
+    keys = list(zip(out["mode"], out["dtype"], out["T"]))
+    out["tokens_per_sec"] = [tok.get((*k, p), np.nan) for k, p in zip(keys, out["provider"])]
+    by = out.set_index(["mode", "dtype", "T", "provider"])["latency_ms"]
+    out["speedup_vs_nn"] = [by.get((*k, "nn"), np.nan) / v for k, v in zip(keys, out["latency_ms"])]
+    out["ratio_vs_triton_padded"] = [v / by.get((*k, "triton-padded"), np.nan) for k, v in zip(keys, out["latency_ms"])]
+    return out[cols].sort_values(["mode", "dtype", "T"], kind="stable").reset_index(drop=True)
+
+
+def plot_varlen(df: pd.DataFrame, path: Path, device: str) -> None:
+    """One row per mode × dtype: real-token throughput vs T per provider (left) and the speedup
+    over nn.LSTM on the PackedSequence (right). Interpreted runs are left out."""
+    import matplotlib.pyplot as plt
+
+    table = varlen_table(df)
+    panels = sorted(set(zip(table["mode"], table["dtype"]))) or [("forward_backward", "fp32")]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 3.8 * len(panels)), squeeze=False)
+    for (mode, dtype), (tput, speed) in zip(panels, axes):
+        sub = table[(table["mode"] == mode) & (table["dtype"] == dtype)]
+        if sub.empty:
+            _empty_note(tput, "no variable-length run timed here\n(Triton under the interpreter is not timed)")
+            _empty_note(speed, "no speedups without timings")
+            continue
+        for provider in _ordered(sub["provider"]):
+            s = sub[sub["provider"] == provider].sort_values("T")
+            style = "--" if provider.endswith("padded") else "-"
+            tput.plot(s["T"], s["tokens_per_sec"], style, marker="o", label=provider)
+            speed.plot(s["T"], s["speedup_vs_nn"], style, marker="o", label=provider)
+        for ax, ylabel in ((tput, "real tokens/s (median)"), (speed, "speedup over nn.LSTM packed")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("T (lengths uniform in [T/4, T])")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{mode} {dtype}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        speed.axhline(1.0, color="black", linewidth=0.8)
+    fig.suptitle(f"Variable-length batches (padded providers: dashed) — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- summary
+
+
+def varlen_summary(df: pd.DataFrame) -> list[str]:
+    """summary.md lines for the variable-length benchmark: at the largest timed T, per mode and
+    dtype, each provider's latency with its speedup over nn packed and (Triton) its ratio to our
+    padded run; interpreted providers' worst error. Empty when nothing variable-length ran."""
+    varlen = df[df["x_name"] == "varlen_T"]
+    if varlen.empty:
+        return []
+    first = varlen.iloc[0]
+    lines = [f"## Variable-length batches (B={first['B']}, I={first['I']}, H={first['H']}, lengths uniform in "
+             "[T/4, T], seeded; tokens/s counts real tokens)", ""]
+    table = varlen_table(df)
+    if not table.empty:
+        T = int(table["T"].max())
+        at = table[table["T"] == T]
+        providers = _ordered(at["provider"])
+        lines += [f"At T={T}: median latency (speedup over nn.LSTM packed; Triton: latency ÷ triton-padded's).",
+                  "", "| mode | dtype | " + " | ".join(providers) + " |", "|---|---|" + "---:|" * len(providers)]
+        for (mode, dtype), grp in at.groupby(["mode", "dtype"], sort=False):
+            cells = []
+            for provider in providers:
+                row = grp[grp["provider"] == provider]
+                if row.empty:
+                    cells.append("—")
+                    continue
+                r = row.iloc[0]
+                ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
+                    provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
+                cells.append(f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})")
+            lines.append(f"| {mode} | {dtype} | " + " | ".join(cells) + " |")
+        lines.append("")
+    interp = varlen[varlen["interpreted"] & (varlen["metric"] == "max_rel_err")]
+    checked = varlen[varlen["metric"] == "max_rel_err"].groupby("provider")["p50"].max()
+    lines += ["Every variable-length run was checked against float64 nn.LSTM on the PackedSequence "
+              "(worst relative error: " + ", ".join(f"{p} {checked[p]:.1e}" for p in _ordered(checked.index))
+              + ")" + (f"; under the Triton interpreter (correctness only): {', '.join(_ordered(interp['provider']))}"
+                       if not interp.empty else "") + ".", ""]
+    return lines
+
 
 
 def headline_table(df: pd.DataFrame, check_epochs: int | None = None) -> pd.DataFrame:
@@ -353,7 +469,8 @@ def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
                 cells.append(f"{row['latency_ms'].iloc[0]:.3g} ms ({speedup})")
             lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(cells) + " |")
         lines.append("")
-    interp = df[df["interpreted"] & (df["metric"] == "max_rel_err")]
+    lines += varlen_summary(df)
+    interp = df[df["interpreted"] & (df["metric"] == "max_rel_err") & (df["x_name"] != "varlen_T")]
     if not interp.empty:
         worst = interp.groupby("provider")["p50"].max()
         lines += ["Interpreted Triton providers were checked against float64 nn.LSTM in the same run "
@@ -379,6 +496,8 @@ def build_reports(json_path: str | Path, out_dir: str | Path) -> dict[str, Path]
         plot_sweep(df, axis, paths[f"sweep_{axis}"], device)
     paths["speedup"] = out / "speedup_vs_nn.png"
     plot_speedup(df, paths["speedup"], device)
+    paths["varlen"] = out / "varlen_throughput.png"
+    plot_varlen(df, paths["varlen"], device)
     paths["perplexity"] = out / "perplexity.png"
     plot_perplexity(df, paths["perplexity"], device)
     write_summary(df, e2e, paths["summary"])

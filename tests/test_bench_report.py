@@ -27,7 +27,7 @@ def test_publish_copies_every_report_but_not_the_raw_json(tiny_run):
     published = tiny_run.parent / "published"
     names = {p.name for p in published.iterdir()}
     assert {"results.csv", "summary.md", "perplexity.png", "speedup_vs_nn.png", "throughput_vs_batch.png",
-            "throughput_vs_hidden.png", "throughput_vs_seq_len.png"} <= names
+            "throughput_vs_hidden.png", "throughput_vs_seq_len.png", "varlen_throughput.png"} <= names
     assert "benchmark.json" not in names  # holds host details; the CSV has every number
     assert (published / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
 
@@ -78,6 +78,87 @@ def test_interpreted_providers_are_labelled_and_kept_out_of_speedups(tiny_run):
         assert "| interpreter | — | — |" in line
 
 
+def test_varlen_rows_count_real_tokens_and_record_the_length_distribution(tiny_run):
+    from bench.cases import PROFILES
+    from bench.varlen import VARLEN_PROVIDERS
+
+    cfg = PROFILES["tiny"].varlen
+    df = pd.read_csv(tiny_run / "results.csv")
+    varlen = df[df["x_name"] == "varlen_T"]
+    assert set(varlen["provider"]) == set(VARLEN_PROVIDERS)
+    assert set(varlen["mode"]) == {"forward", "forward_backward"}
+    assert set(varlen["shape"]) == {"varlen"}
+    assert not varlen.duplicated(["provider", "mode", "metric", "x_value", "dtype"]).any()  # one row per case
+    for T in cfg.Ts:  # nn and nn-padded are timed at every T
+        for provider in ("nn", "nn-padded"):
+            assert {"latency_ms", "tokens_per_sec", "max_rel_err"} <= set(
+                varlen[(varlen["x_value"].astype(int) == T) & (varlen["provider"] == provider)]["metric"])
+    for row in varlen.itertuples():
+        config = json.loads(row.config)
+        T, B = int(row.x_value), config["B"]
+        lo = -(-T // 4)
+        assert config["lengths"] == f"uniform integers in [{lo}, {T}]" and config["lengths_seed"] == 0
+        assert B * lo <= config["real_tokens"] <= config["padded_tokens"] <= B * T
+    timed = varlen[~varlen["interpreted"]].pivot_table(index=["provider", "mode", "x_value"], columns="metric",
+                                                       values="p50")
+    real = varlen.drop_duplicates(["provider", "mode", "x_value"]).set_index(["provider", "mode", "x_value"])
+    real_tokens = real["config"].map(lambda c: json.loads(c)["real_tokens"])
+    # tokens/s counts real tokens only: sum(lengths) / median seconds
+    expected = real_tokens.loc[timed.index] / (timed["latency_ms"] / 1e3)
+    assert ((timed["tokens_per_sec"] / expected - 1).abs() < 1e-9).all()
+    triton = varlen[varlen["provider"].str.startswith("triton")]
+    assert triton["interpreted"].all()  # no GPU here: correctness runs, labelled as such
+    errors = varlen[varlen["metric"] == "max_rel_err"]["p50"]
+    assert len(errors) and (errors <= 1e-5).all()  # fp32 vs float64 nn.LSTM on the packed input
+
+
+def test_varlen_summary_gives_speedups_over_nn_packed_at_the_largest_T(tiny_run):
+    from bench.cases import PROFILES
+
+    summary = (tiny_run / "summary.md").read_text()
+    assert "## Variable-length batches" in summary
+    assert f"At T={max(PROFILES['tiny'].varlen.Ts)}:" in summary
+    header = next(x for x in summary.splitlines() if x.startswith("| mode | dtype | nn | nn-padded"))
+    assert "triton" not in header  # interpreted: no speed figure
+    row = next(x for x in summary.splitlines() if x.startswith("| forward_backward | fp32 | "))
+    assert row.split("|")[3].strip().endswith("(1.00×)")  # nn packed against itself
+    assert "triton-padded" in summary.split("worst relative error")[1]
+
+
+def test_varlen_table_speedups_and_ratio_to_our_padded_run():
+    from bench.report import varlen_table
+
+    def rows(provider, ms, interpreted=False):
+        return [{"provider": provider, "mode": "forward_backward", "dtype": "bf16", "T": 1024, "x_name": "varlen_T",
+                 "metric": m, "p50": v, "interpreted": interpreted}
+                for m, v in (("latency_ms", ms), ("tokens_per_sec", 1e3 / ms))]
+
+    df = pd.DataFrame(rows("nn", 100.0) + rows("nn-padded", 10.0) + rows("triton-step", 12.0)
+                      + rows("triton-padded", 10.0) + rows("triton-cell", 1.0, interpreted=True))
+    got = varlen_table(df).set_index("provider")
+    assert "triton-cell" not in got.index  # interpreter runs are never a speed figure
+    assert got.loc["triton-step", "speedup_vs_nn"] == pytest.approx(100 / 12)
+    assert got.loc["triton-step", "ratio_vs_triton_padded"] == pytest.approx(1.2)
+    assert got.loc["nn-padded", "speedup_vs_nn"] == pytest.approx(10.0)
+
+
+def test_varlen_lengths_are_seeded_uniform_in_a_quarter_to_T_and_bad_input_is_named():
+    import torch
+
+    from bench.varlen import draw_lengths, varlen_status
+
+    lengths = draw_lengths(1024, 64)
+    assert lengths.dtype == torch.int64 and lengths.shape == (64,)
+    assert torch.equal(lengths, draw_lengths(1024, 64))  # seeded
+    assert 256 <= int(lengths.min()) and int(lengths.max()) <= 1024
+    assert int(lengths.max()) - int(lengths.min()) > 512  # spread over the range, not a constant
+    assert int(draw_lengths(5, 1000).min()) == 2 and int(draw_lengths(5, 1000).max()) == 5  # ends included
+    with pytest.raises(ValueError, match="T and B"):
+        draw_lengths(0, 3)
+    with pytest.raises(ValueError, match="provider"):
+        varlen_status("cudnn", torch.device("cpu"), torch.float32)
+
+
 def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run):
     from bench.cases import PROFILES
 
@@ -117,6 +198,14 @@ def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
     assert e2e["train_perplexity"].between(1, 28).all()  # finite, and no worse than chance over 28 tokens
     same_epochs = e2e[e2e["epochs"] == e2e["epochs"].max()]
     assert same_epochs["train_perplexity"].max() / same_epochs["train_perplexity"].min() - 1 <= 1e-4
+
+    varlen = pd.read_csv(tmp_path / "varlen.csv")
+    fp32 = varlen[varlen["precision"] == "fp32-tf32"]
+    assert set(fp32["provider"]) == {"nn", "nn-padded", "triton-auto", "triton-padded"}
+    assert {"forward", "forward_backward"} == set(varlen["mode"])
+    assert (fp32["rel_err"] <= 1e-5).all()  # forward+backward vs float64 nn.LSTM on the packed input
+    assert (varlen["real_tokens"] < varlen["padded_tokens"]).all()
+    assert "variable-length batch (B=3" in proc.stdout and "ours packed/padded" in proc.stdout
 
     checks = json.loads((tmp_path / "checks.json").read_text())
     assert checks["sass"]["arch"] == "sm_90" and checks["sass"]["rows"], checks["sass"]
