@@ -150,8 +150,8 @@ def load_portable_state_dict(model: CharLM, state: dict[str, torch.Tensor]) -> N
     """Inverse of :func:`portable_state_dict` (the caller checks that the cells match)."""
     head = {k[len("linear."):]: v for k, v in state.items() if k.startswith("linear.")}
     layer = {k[len("rnn."):]: v for k, v in state.items() if k.startswith("rnn.")}
-    model.linear.load_state_dict(head)
-    if isinstance(model.rnn, NAIVE_TYPES):
+    if isinstance(model.rnn, NAIVE_TYPES):  # first: it may refuse (a GRU b_hn it cannot hold) before copying
         from_nn_weights(model.mode, layer, model.rnn)
     else:
         model.rnn.load_state_dict(layer)
+    model.linear.load_state_dict(head)

@@ -74,7 +74,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the first bad field."""
-        self.mode  # noqa: B018 -- validates cell and nonlinearity
+        cell_mode(self.cell, self.nonlinearity)  # ValueError naming cell or nonlinearity
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
         if self.init not in INITS:

@@ -140,3 +140,14 @@ def test_cli_resume_across_cells_exits_2_and_leaves_the_checkpoint(tmp_path, cap
     code, _, err = _run([*TINY, "--epochs", "2", "--resume", str(ckpt)], capsys)  # --cell lstm by default
     assert code == 2 and "holds a 'gru' model, this run trains 'lstm'" in err and "--cell" in err
     assert len(err.strip().splitlines()) == 1 and ckpt.read_bytes() == before
+
+
+def test_resume_refuses_a_gru_recurrent_bias_the_naive_layer_cannot_hold(tmp_path):
+    """nn.GRU's own init has a nonzero b_hn; a d2l-init naive GRU has none: refused, nothing loaded."""
+    _trainer(impl="nn", cell="gru", init="torch").save(tmp_path / "t.ckpt")
+    naive = _trainer(impl="naive", cell="gru")
+    before = {k: v.clone() for k, v in naive.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="recurrent_bias=True"):
+        naive.resume(tmp_path / "t.ckpt")
+    assert all(torch.equal(v, before[k]) for k, v in naive.model.state_dict().items())
+    _trainer(impl="naive", cell="gru", init="torch").resume(tmp_path / "t.ckpt")  # a naive GRU with b_hn can
