@@ -44,11 +44,11 @@ def triton_class(mode: str) -> type[nn.Module]:
 
     ValueError (one line) when this version of the package does not have it yet.
     """
+    package = importlib.import_module(__package__)  # looked up at call time: GRU/RNN land later
     name = TRITON_CLASSES[mode]
-    cls = getattr(importlib.import_module(__package__), name, None)  # looked up late: it may land later
+    cls = getattr(package, name, None)
     if cls is None:
-        available = sorted({m.split("_")[0] for m, n in TRITON_CLASSES.items()
-                            if getattr(importlib.import_module(__package__), n, None) is not None})
+        available = sorted({m.split("_")[0] for m, n in TRITON_CLASSES.items() if hasattr(package, n)})
         raise ValueError(f"impl 'triton' for cell '{mode.split('_')[0]}' needs lstm_triton.{name}, which is not "
                          f"available in this version (triton cells here: {', '.join(available) or 'none'}; "
                          f"impl naive and nn run every cell)")
