@@ -11,6 +11,7 @@ import math
 import sys
 
 from . import __version__
+from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
 from .data import CorpusError
 from .impls import IMPLS, INITS
@@ -63,15 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train the d2l char LSTM language model")
-    t.add_argument("--impl", choices=IMPLS, default="nn", help="LSTM implementation (default: nn)")
+    t = sub.add_parser("train", help="train the d2l char language model (LSTM, GRU or RNN)")
+    t.add_argument("--impl", choices=IMPLS, default="nn",
+                   help="implementation: d2l's scratch loop, torch.nn, or the Triton kernels (default: nn)")
+    t.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell (default: lstm)")
+    t.add_argument("--nonlinearity", choices=NONLINEARITIES, default=None,
+                   help="for --cell rnn only: tanh (default, d2l's) or relu")
     t.add_argument("--fusion", choices=("auto", "cell", "step", "persistent"), default="auto",
                    help="fusion level for --impl triton (default: auto)")
     t.add_argument("--epochs", type=_positive_int, default=500)
     t.add_argument("--lr", type=_positive_float, default=1.0)
     t.add_argument("--batch-size", type=_positive_int, default=32)
     t.add_argument("--num-steps", type=_positive_int, default=35)
-    t.add_argument("--hidden-size", type=_positive_int, default=256)
+    t.add_argument("--hidden-size", type=_positive_int, default=None,
+                   help="hidden units (default: d2l's for the cell: "
+                        + ", ".join(f"{n} for {c}" for c, n in DEFAULT_HIDDEN.items()) + ")")
     t.add_argument("--max-tokens", type=_positive_int, default=10_000, help="training window (default 10000)")
     t.add_argument("--val-tokens", type=_non_negative_int, default=5_000,
                    help="validation tokens taken after the training window (default 5000; 0 = none)")
@@ -95,11 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
+    if args.nonlinearity is not None and args.cell != "rnn":
+        raise UsageError(f"lstm-triton train: error: argument --nonlinearity: applies to --cell rnn only, "
+                         f"not --cell {args.cell}")
     return TrainConfig(
         impl=args.impl, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_steps=args.num_steps,
         hidden_size=args.hidden_size, max_tokens=args.max_tokens, val_tokens=args.val_tokens,
         use_random_iter=args.random_iter, clip=args.clip, seed=args.seed, init=args.init,
         fusion=args.fusion, eval_every=args.eval_every, corpus=args.corpus,
+        cell=args.cell, nonlinearity=args.nonlinearity or "tanh",
     )
 
 
@@ -108,8 +119,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .model import predict
 
+    cfg = _config(args)
     try:
-        trainer = Trainer(_config(args), args.device)
+        trainer = Trainer(cfg, args.device)
         if args.resume:
             trainer.resume(args.resume)
     except (ValueError, CorpusError, CheckpointError, NotImplementedError) as exc:
@@ -117,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     save_path = args.save or args.resume
     bar = tqdm(total=trainer.cfg.epochs, initial=trainer.epoch, unit="epoch", disable=args.no_progress,
-               desc=f"train {args.impl}", dynamic_ncols=True)
+               desc=f"train {cfg.cell} {args.impl}", dynamic_ncols=True)
 
     def after_epoch(tr: Trainer, row: dict) -> None:
         if save_path:

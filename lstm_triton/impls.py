@@ -1,49 +1,87 @@
-"""The one place that turns an implementation name into a recurrent layer for the char LM.
+"""The one place that turns an implementation name and a cell into a recurrent layer for the char LM.
 
-``naive``  the seed's per-timestep loop (lstm_triton.naive.NaiveLSTM)
-``nn``     torch.nn.LSTM (cuDNN on GPU, ATen on CPU)
-``triton`` lstm_triton.LSTM with our fused Triton kernels (``fusion`` picks the level)
+``naive``  d2l's scratch layers, one Python step per time step (lstm_triton.naive / naive_cells)
+``nn``     torch.nn.LSTM / GRU / RNN (cuDNN on GPU, ATen on CPU)
+``triton`` our fused Triton kernels: lstm_triton.LSTM (``fusion`` picks the level), and for the
+           other cells lstm_triton.GRU / lstm_triton.RNN once they exist (:func:`triton_class`)
+
+Cells: ``lstm``, ``gru``, ``rnn`` (``nonlinearity`` tanh or relu), see :mod:`lstm_triton.cells`.
 
 Every implementation starts from the same weights for the same seed: the canonical weights are
-drawn once in the seed's layout (``randn * 0.01``, zero biases) and converted exactly, so that
-perplexity curves are comparable. ``init="torch"`` uses nn.LSTM/nn.Linear default init instead.
+drawn once in d2l's scratch layout (``randn * 0.01``, zero biases, d2l's draw order) and converted
+exactly, so that perplexity curves are comparable. ``init="torch"`` uses torch.nn's default init.
 
-With the seed's init the *model* is the seed's too: one bias per gate. nn.LSTM's layout has two
+With the seed's init the *model* is d2l's too: one bias per gate. PyTorch's layout has two
 (``bias_ih + bias_hh``); SGD on both moves their sum twice as fast as SGD on one bias, and the
 gradient-norm clipping counts that gradient twice, so the nn-layout layers train ``bias_ih`` only
 and keep ``bias_hh`` frozen at zero. Then every implementation follows the same trajectory, not
-just the same first forward pass.
+just the same first forward pass. This holds for every cell: LSTM and RNN biases are only ever
+added, and the GRU's one exception, ``b_hn`` inside ``r ⊙ (W_hn h + b_hn)``, is a bias d2l's model
+does not have (its candidate bias ``b_h`` is outside the reset product, i.e. nn.GRU's ``b_in`` in
+``bias_ih``), so it stays zero in both. Training it in the nn layer would train a different model.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 
+from .cells import DEFAULT_HIDDEN, GATES, cell_mode, nn_class, nn_kwargs
 from .model import CharLM
-from .naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
+from .naive_cells import NAIVE_TYPES, from_nn_weights, new_naive, to_nn_weights
 
 IMPLS = ("naive", "nn", "triton")
 INITS = ("seed", "torch")
 
+# The lstm_triton class that runs each mode on the Triton kernels.
+TRITON_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 
-def _nn_layer_weights(vocab_size: int, hidden_size: int, init: str) -> dict[str, torch.Tensor]:
+
+def triton_class(mode: str) -> type[nn.Module]:
+    """The Triton layer class for ``mode`` (``lstm_triton.LSTM``, ``.GRU`` or ``.RNN``).
+
+    ValueError (one line) when this version of the package does not have it yet.
+    """
+    package = importlib.import_module(__package__)  # looked up at call time: GRU/RNN land later
+    name = TRITON_CLASSES[mode]
+    cls = getattr(package, name, None)
+    if cls is None:
+        available = sorted({m.split("_")[0] for m, n in TRITON_CLASSES.items() if hasattr(package, n)})
+        raise ValueError(f"impl 'triton' for cell '{mode.split('_')[0]}' needs lstm_triton.{name}, which is not "
+                         f"available in this version (triton cells here: {', '.join(available) or 'none'}; "
+                         f"impl naive and nn run every cell)")
+    return cls
+
+
+def _nn_layer_weights(mode: str, vocab_size: int, hidden_size: int, init: str) -> dict[str, torch.Tensor]:
     if init == "seed":
-        return to_nn_lstm(NaiveLSTM(vocab_size, hidden_size))
-    return {k: v.detach() for k, v in nn.LSTM(vocab_size, hidden_size).state_dict().items()}
+        return to_nn_weights(new_naive(mode, vocab_size, hidden_size))
+    layer = nn_class(mode)(vocab_size, hidden_size, **nn_kwargs(mode))
+    return {k: v.detach() for k, v in layer.state_dict().items()}
 
 
-def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str = "auto") -> nn.Module:
-    """A single-layer LSTM of ``impl`` holding exactly ``weights`` (nn.LSTM layer-0 names, on the CPU)."""
-    four_h, input_size = weights["weight_ih_l0"].shape
+def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str = "auto", *,
+                       cell: str = "lstm", nonlinearity: str = "tanh") -> nn.Module:
+    """A single-layer ``cell`` of ``impl`` holding exactly ``weights`` (PyTorch layer-0 names, on the CPU).
+
+    ValueError for an unknown impl, cell or nonlinearity, or weights whose shapes do not fit the cell.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    mode = cell_mode(cell, nonlinearity)
+    rows, input_size = weights["weight_ih_l0"].shape
+    hidden = weights["weight_hh_l0"].shape[-1]
+    if rows != GATES[mode] * hidden:
+        raise ValueError(f"weights: weight_ih_l0 has {rows} rows, a {mode} layer of hidden size {hidden} "
+                         f"has {GATES[mode] * hidden}")
     if impl == "naive":
-        return from_nn_lstm(weights)
+        return from_nn_weights(mode, weights)
     if impl == "nn":
-        layer = nn.LSTM(input_size, four_h // 4)
-    else:
-        from .lstm import LSTM
-
-        layer = LSTM(input_size, four_h // 4, fusion=fusion, backend="triton")  # never a silent torch fallback
+        layer = nn_class(mode)(input_size, hidden, **nn_kwargs(mode))
+    else:  # backend="triton": never a silent torch fallback
+        layer = triton_class(mode)(input_size, hidden, **nn_kwargs(mode), fusion=fusion, backend="triton")
     layer.load_state_dict(weights)
     return layer
 
@@ -51,24 +89,34 @@ def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str 
 def build_char_lm(
     impl: str,
     vocab_size: int,
-    hidden_size: int = 256,
+    hidden_size: int | None = None,
     *,
     seed: int = 0,
     init: str = "seed",
     fusion: str = "auto",
     device: torch.device | str = "cpu",
+    cell: str = "lstm",
+    nonlinearity: str = "tanh",
 ) -> CharLM:
-    """A CharLM whose weights depend only on ``(vocab_size, hidden_size, seed, init)``, never on ``impl``."""
+    """A CharLM whose weights depend only on ``(cell, nonlinearity, vocab_size, hidden_size, seed,
+    init)``, never on ``impl``. ``hidden_size`` defaults to d2l's for the cell (256 for lstm and gru,
+    512 for rnn). ValueError (one line, naming the argument) for bad input, including
+    ``impl="triton"`` for a cell whose Triton layer this version lacks."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    mode = cell_mode(cell, nonlinearity)
+    if hidden_size is None:
+        hidden_size = DEFAULT_HIDDEN[cell]
     if vocab_size <= 0 or hidden_size <= 0:
         raise ValueError(f"vocab_size and hidden_size must be positive, got {vocab_size}, {hidden_size}")
+    if impl == "triton":
+        triton_class(mode)  # fail before drawing any weights
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        weights = _nn_layer_weights(vocab_size, hidden_size, init)
+        weights = _nn_layer_weights(mode, vocab_size, hidden_size, init)
         head = nn.Linear(hidden_size, vocab_size)
         if init == "seed":  # the seed's W_hq = randn * 0.01, b_q = 0
             with torch.no_grad():
@@ -77,21 +125,21 @@ def build_char_lm(
     finally:
         torch.random.set_rng_state(gen_state)
 
-    layer = layer_from_weights(impl, weights, fusion)
+    layer = layer_from_weights(impl, weights, fusion, cell=cell, nonlinearity=nonlinearity)
     if init == "seed" and impl != "naive":
         for name, param in layer.named_parameters():
             if name.startswith("bias_hh"):
-                param.requires_grad_(False)  # the seed's single bias lives in bias_ih
+                param.requires_grad_(False)  # d2l's single bias lives in bias_ih (module docstring)
     model = CharLM(layer, vocab_size)
     model.linear.load_state_dict(head.state_dict())
     return model.to(device)
 
 
 def portable_state_dict(model: CharLM) -> dict[str, torch.Tensor]:
-    """The model's weights in nn.LSTM's layout whatever the implementation (checkpoints move freely)."""
+    """The model's weights in PyTorch's layout whatever the implementation (checkpoints move freely)."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("rnn.")}
-    if isinstance(model.rnn, NaiveLSTM):
-        layer = to_nn_lstm(model.rnn)
+    if isinstance(model.rnn, NAIVE_TYPES):
+        layer = to_nn_weights(model.rnn)
     else:
         layer = {k: v.detach().clone() for k, v in model.rnn.state_dict().items()}
     state.update({f"rnn.{k}": v for k, v in layer.items()})
@@ -99,11 +147,11 @@ def portable_state_dict(model: CharLM) -> dict[str, torch.Tensor]:
 
 
 def load_portable_state_dict(model: CharLM, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of :func:`portable_state_dict`."""
+    """Inverse of :func:`portable_state_dict` (the caller checks that the cells match)."""
     head = {k[len("linear."):]: v for k, v in state.items() if k.startswith("linear.")}
     layer = {k[len("rnn."):]: v for k, v in state.items() if k.startswith("rnn.")}
-    model.linear.load_state_dict(head)
-    if isinstance(model.rnn, NaiveLSTM):
-        from_nn_lstm(layer, model.rnn)
+    if isinstance(model.rnn, NAIVE_TYPES):  # first: it may refuse (a GRU b_hn it cannot hold) before copying
+        from_nn_weights(model.mode, layer, model.rnn)
     else:
         model.rnn.load_state_dict(layer)
+    model.linear.load_state_dict(head)

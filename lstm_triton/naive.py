@@ -1,4 +1,6 @@
-"""The seed's LSTM: one Python-level step per time step, d2l's "LSTM from scratch".
+"""d2l's scratch layers: the seed's LSTM, the GRU and the plain RNN, one Python step per time step.
+
+LSTM (the seed, d2l's "LSTM from scratch"):
 
 Parameters are kept exactly as the seed keeps them: separate ``W_x* (I×H)``, ``W_h* (H×H)`` and
 ``b_* (H)`` for the gates i (input), f (forget), o (output) and c (candidate, c̃), initialised
@@ -7,6 +9,9 @@ input, states of shape ``(1, B, H)``) so that a model can swap one for the other
 
 ``to_nn_lstm`` / ``from_nn_lstm`` convert exactly between this layout and nn.LSTM's
 (``weight_ih_l0 (4H×I)``, ``weight_hh_l0 (4H×H)`` with gate rows [i, f, g, o], two biases).
+
+The GRU and the plain RNN (d2l's ``gru_scratch`` / ``rnn_scratch``) live in
+:mod:`lstm_triton.naive_cells`, with ``to_nn_weights`` / ``from_nn_weights`` for any of the three.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class NaiveLSTM(nn.Module):
 
     num_layers = 1
     bidirectional = False
+    mode = "LSTM"  # as nn.LSTM.mode: tells CharLM the state is a (h, c) pair
 
     def __init__(self, input_size: int, hidden_size: int, device=None, dtype=None):
         super().__init__()

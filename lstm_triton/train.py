@@ -1,5 +1,9 @@
 """d2l's training loop for the char LM (train_ch8), with validation, checkpoints and metrics.
 
+Any cell trains: ``lstm`` (default), ``gru`` or ``rnn`` (``nonlinearity`` tanh or relu), each with
+d2l's chapter settings (lr 1, 500 epochs, batch 32, 35 steps; 256 hidden units for LSTM and GRU,
+512 for the RNN, used whenever ``hidden_size`` is not given).
+
 SGD with learning rate ``lr``, global-norm gradient clipping at ``clip`` (d2l's grad_clipping),
 loss = mean cross-entropy, perplexity = exp(mean loss over the epoch). With the sequential
 iterator the state is carried across batches (and detached); with the random iterator it is
@@ -21,11 +25,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .cells import CELLS, DEFAULT_HIDDEN, cell_mode
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import CharData
-from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict
+from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict, triton_class
 from .kernels.launch_config import interpreter_on
-from .model import CharLM
+from .model import CharLM, detach_state
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_perplexity", "val_perplexity", "tokens", "seconds", "tokens_per_sec",
@@ -34,14 +39,18 @@ METRIC_COLUMNS = [
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; d2l's LSTM chapter values by default."""
+    """Everything that defines a training run; d2l's LSTM chapter values by default.
+
+    ``hidden_size=None`` (the default) becomes the cell's d2l value on construction: 256 for lstm
+    and gru, 512 for rnn. ``nonlinearity`` applies to ``cell="rnn"`` only.
+    """
 
     impl: str = "nn"
     epochs: int = 500
     lr: float = 1.0
     batch_size: int = 32
     num_steps: int = 35
-    hidden_size: int = 256
+    hidden_size: int | None = None
     max_tokens: int = 10_000
     val_tokens: int = 5_000
     use_random_iter: bool = False
@@ -51,9 +60,21 @@ class TrainConfig:
     fusion: str = "auto"
     eval_every: int = 1
     corpus: str | None = None
+    cell: str = "lstm"
+    nonlinearity: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size is None and self.cell in CELLS:
+            self.hidden_size = DEFAULT_HIDDEN[self.cell]
+
+    @property
+    def mode(self) -> str:
+        """The cell as one name: lstm, gru, rnn_tanh or rnn_relu (ValueError if invalid)."""
+        return cell_mode(self.cell, self.nonlinearity)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the first bad field."""
+        cell_mode(self.cell, self.nonlinearity)  # ValueError naming cell or nonlinearity
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
         if self.init not in INITS:
@@ -102,10 +123,6 @@ def clip_gradients(model: nn.Module, theta: float) -> torch.Tensor:
     return norm
 
 
-def _detach(state):
-    return tuple(s.detach() for s in state)
-
-
 class Trainer:
     """Owns the model, optimiser, data and RNG of one run; ``fit`` trains epoch by epoch."""
 
@@ -113,6 +130,8 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(device)
+        if cfg.impl == "triton":
+            triton_class(cfg.mode)  # a cell without a Triton layer yet: say so before anything else
         if cfg.impl == "triton" and self.device.type != "cuda" and not interpreter_on():
             raise ValueError(f"impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to interpret the kernels "
                              f"on the CPU, slowly); the device here is {self.device}")
@@ -122,6 +141,7 @@ class Trainer:
         self.model: CharLM = build_char_lm(
             cfg.impl, len(self.data.vocab), cfg.hidden_size,
             seed=cfg.seed, init=cfg.init, fusion=cfg.fusion, device=self.device,
+            cell=cfg.cell, nonlinearity=cfg.nonlinearity,
         )
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -143,7 +163,7 @@ class Trainer:
             if state is None or self.cfg.use_random_iter:
                 state = model.begin_state(X.shape[0], device)
             else:
-                state = _detach(state)
+                state = detach_state(state)
             logits, state = model(X, state)
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -206,12 +226,24 @@ class Trainer:
         })
 
     def resume(self, path: str | Path) -> None:
-        """Load a checkpoint written by :meth:`save`; CheckpointError if it does not fit this run."""
+        """Load a checkpoint written by :meth:`save`; CheckpointError if it does not fit this run
+        (another cell, vocabulary or shape). Nothing is loaded when it is refused."""
         payload = load_checkpoint(path)
+        saved = payload["config"]
+        try:  # checkpoints written before GRU/RNN have no cell: they are LSTMs
+            saved_mode = cell_mode(saved.get("cell", "lstm"), saved.get("nonlinearity", "tanh"))
+        except ValueError as exc:
+            raise CheckpointError(f"resume: {path} records an unknown cell ({exc})") from None
+        if saved_mode != self.cfg.mode:
+            raise CheckpointError(f"resume: {path} holds a {_cell_words(saved_mode)} model, this run trains "
+                                  f"{_cell_words(self.cfg.mode)} (check --cell and --nonlinearity)")
         if payload["vocab"] != self.data.vocab.idx_to_token:
             raise CheckpointError(f"resume: {path} was trained on a corpus with a different vocabulary")
         check_compatible(portable_state_dict(self.model), payload["model"], str(path))
-        load_portable_state_dict(self.model, payload["model"])
+        try:
+            load_portable_state_dict(self.model, payload["model"])
+        except ValueError as exc:  # e.g. a GRU recurrent bias this naive layer cannot hold
+            raise CheckpointError(f"resume: {path}: {exc}") from None
         if payload["config"]["impl"] == self.cfg.impl:  # parameter lists differ between impls
             self.optimizer.load_state_dict(payload["optimizer"])
         for group in self.optimizer.param_groups:  # the lr asked for now wins over the saved one
@@ -220,6 +252,12 @@ class Trainer:
         self.history = list(payload["history"])
         self.rng.setstate(payload["data_rng"])
         torch.random.set_rng_state(payload["torch_rng"])
+
+
+def _cell_words(mode: str) -> str:
+    """``rnn_relu`` -> ``'rnn' (relu)``, ``gru`` -> ``'gru'``: how a user names the cell."""
+    cell, _, nonlinearity = mode.partition("_")
+    return f"'{cell}' ({nonlinearity})" if nonlinearity else f"'{cell}'"
 
 
 def train(cfg: TrainConfig, device: str | torch.device = "auto") -> tuple[Trainer, pd.DataFrame]:
