@@ -28,9 +28,9 @@ from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
 
 @triton.jit
 def step_forward_kernel(
-    xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr,  # (B,4H) fp32, (B,H) dt, (4H,H) dt, (B,H) fp32
+    xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr,  # (B,4H) fp32, (B,K) dt, (4H,K) dt, (B,H) fp32
     y_ptr, c_ptr, act_ptr,  # outputs: (B,H) dt, (B,H) fp32, (B,4H) fp32
-    B, H,
+    B, H, K,  # K: width of the recurrent input, H (or nn.LSTM's proj_size P; y is then o ⊙ tanh c)
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -44,17 +44,17 @@ def step_forward_kernel(
     acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     # W_hhᵀ tile [k, unit] of gate q lives at W_hh[(q*H + unit), k].
-    w_tile = w_ptr + units[None, :] * H + ks[:, None]
-    for k0 in range(0, H, BLOCK_K):
-        k_ok = (k0 + ks) < H
-        h = tl.load(h_prev_ptr + rows[:, None] * H + (k0 + ks)[None, :],
+    w_tile = w_ptr + units[None, :] * K + ks[:, None]
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + ks) < K
+        h = tl.load(h_prev_ptr + rows[:, None] * K + (k0 + ks)[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(w_ty)
         w_mask = k_ok[:, None] & unit_ok[None, :]
         acc_i = tl.dot(h, tl.load(w_tile + k0, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
-        acc_f = tl.dot(h, tl.load(w_tile + H * H + k0, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
-        acc_g = tl.dot(h, tl.load(w_tile + 2 * H * H + k0, mask=w_mask, other=0.0), acc_g,
+        acc_f = tl.dot(h, tl.load(w_tile + H * K + k0, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
+        acc_g = tl.dot(h, tl.load(w_tile + 2 * H * K + k0, mask=w_mask, other=0.0), acc_g,
                        input_precision=PRECISION)
-        acc_o = tl.dot(h, tl.load(w_tile + 3 * H * H + k0, mask=w_mask, other=0.0), acc_o,
+        acc_o = tl.dot(h, tl.load(w_tile + 3 * H * K + k0, mask=w_mask, other=0.0), acc_o,
                        input_precision=PRECISION)
 
     mask = row_ok[:, None] & unit_ok[None, :]
@@ -139,7 +139,32 @@ def step_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: tor
     w_hh = w_hh.contiguous()
     h_prev = h0.to(dt).contiguous()
     for t in range(T):
-        step_forward_kernel[grid](xp[t], h_prev, w_hh, c_all[t], y[t], c_all[t + 1], acts[t], B, H, **meta)
+        step_forward_kernel[grid](xp[t], h_prev, w_hh, c_all[t], y[t], c_all[t + 1], acts[t], B, H, H, **meta)
+        h_prev = y[t]
+    return y, c_all, acts
+
+
+def step_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+                           w_hr: torch.Tensor):
+    """nn.LSTM's projection (proj_size P): the fused step kernel reduces over P (``w_hh (4H,P)``,
+    ``h0 (B,P)``) and writes o ⊙ tanh(c_t); torch's GEMM projects it, ``h_t = (o ⊙ tanh c_t) W_hrᵀ``.
+
+    Same contract as :func:`lstm_cell.cell_forward_projected` (its backward serves both levels:
+    with a projection the recurrent gradient must be whole before W_hr maps it back to H, which a
+    kernel owning one slice of units cannot do without a grid-wide exchange)."""
+    T, B, H4 = xp.shape
+    H, P, dt, dev = H4 // 4, w_hr.shape[0], w_hh.dtype, xp.device
+    y = new_buffer((T, B, P), dt, dev)
+    c_all = new_buffer((T + 1, B, H), torch.float32, dev)
+    acts = new_buffer((T, B, H4), torch.float32, dev)
+    raw = new_buffer((B, H), dt, dev)
+    c_all[0] = c0
+    grid, meta = _grid_and_meta(B, H, dt)
+    w_hh, r_t = w_hh.contiguous(), w_hr.t()
+    h_prev = h0.to(dt).contiguous()
+    for t in range(T):
+        step_forward_kernel[grid](xp[t], h_prev, w_hh, c_all[t], raw, c_all[t + 1], acts[t], B, H, P, **meta)
+        torch.mm(raw, r_t, out=y[t])
         h_prev = y[t]
     return y, c_all, acts
 

@@ -70,8 +70,9 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
                   arch: int | None = None, sms: int | None = None, projected: bool = False) -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
 
-    ``projected`` (nn.LSTM's proj_size > 0): the cell level, whatever was asked — the step and
-    persistent kernels fuse a recurrent GEMM whose reduction runs over H, not over P.
+    ``projected`` (nn.LSTM's proj_size > 0): ``cell`` or ``step`` as asked; ``auto`` and
+    ``persistent`` give ``step`` (the persistent kernel keeps an H-wide recurrent state on chip; the
+    projection needs a whole row of it before the next step).
 
     ``auto``: persistent when its launch fits (H ≤ 1024, the W_hh slice within the architecture's
     on-chip budget, hidden slices × batch tiles ≤ SM count), else step. ``persistent`` for a size it
@@ -79,10 +80,11 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     """
     check_choice("fusion", requested, FUSIONS)
     if projected:
-        if requested != "cell":
-            _debug("fusion %s -> cell: proj_size > 0 runs at the cell level (the step and persistent kernels "
-                   "reduce the recurrent GEMM over H, not over the projected size)", requested)
-        return "cell"
+        if requested in ("cell", "step"):
+            return requested
+        _debug("fusion %s -> step: proj_size > 0 runs at the cell or step level (the persistent kernel has no "
+               "projection)", requested)
+        return "step"
     if dtype == torch.bfloat16 and interpreter_on() and torch.device(device).type == "cpu" and requested != "cell":
         _debug("fusion %s -> cell: bf16 under the Triton interpreter, which has no bf16 tl.dot "
                "(step and persistent would compute wrong numbers)", requested)

@@ -6,8 +6,8 @@ initialisation and ``state_dict``; it only replaces the computation. Extra keywo
 ``fusion`` (``auto``, ``cell``, ``step``, ``persistent``) and ``backend`` (``auto``, ``triton``,
 ``torch``). Variable-length batches run on the kernels: PackedSequence input, and padded input with
 ``lengths`` (``forward(input, hx, lengths=...)``; ``packed.py`` says how). ``proj_size > 0`` runs on
-the kernels at the cell level (the step and persistent kernels reduce over H, not P; the debug
-log says so when another level was asked for).
+the kernels at the cell and step levels (``auto`` and ``persistent`` resolve to step; the debug
+log says so).
 
 Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
 is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
@@ -147,7 +147,7 @@ def lstm(
     ``input (T, B, I)``; ``weight_ih (4H, I)``, ``weight_hh (4H, H)``, biases ``(4H,)`` with gate
     rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None. ``weight_hr (P, H)``: nn.LSTM's
     projection (proj_size P < H): then ``weight_hh`` is ``(4H, P)``, h0, h_n and the output have P
-    features (runs at the cell level, whatever ``fusion`` asks; the reason is in the debug log).
+    features (cell or step level; ``auto``/``persistent`` resolve to step, reason in the debug log).
     ``lengths`` (B integers in [0, T], any device; optional): row b runs only its first
     ``lengths[b]`` steps — past them its output is 0, its state stays as it was (h_n, c_n are taken
     at its own last step) and no gradient flows through the padding, as ``nn.LSTM`` on the packed

@@ -31,7 +31,7 @@ from torch import Tensor
 from .backend import FUSIONS, choose_fusion
 from .kernels.lstm_cell import cell_backward, cell_backward_projected, cell_forward, cell_forward_projected
 from .kernels.lstm_persistent import persistent_backward, persistent_forward
-from .kernels.lstm_step import step_backward, step_forward
+from .kernels.lstm_step import step_backward, step_forward, step_forward_projected
 
 FORWARD = {"cell": cell_forward, "step": step_forward, "persistent": persistent_forward}
 BACKWARD = {"cell": cell_backward, "step": step_backward, "persistent": persistent_backward}
@@ -65,8 +65,9 @@ def recurrence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | 
         c_all = c0.float().expand(T + 1, B, H).clone()
         return y, c0.to(dt).clone(), c_all, xp.new_empty((T, B, H4))
     level = _level(fusion, B, H, dt, xp.device, w_hr)
-    if w_hr is not None:  # choose_fusion resolves a projected layer to the cell level
-        y, c_all, acts = cell_forward_projected(xp, h0, c0, w_hh, w_hr)
+    if w_hr is not None:  # choose_fusion resolves a projected layer to cell or step
+        projected = cell_forward_projected if level == "cell" else step_forward_projected
+        y, c_all, acts = projected(xp, h0, c0, w_hh, w_hr)
     else:
         y, c_all, acts = FORWARD[level](xp, h0, c0, w_hh)
     return _owned(y), c_all[-1].to(dt, copy=True), c_all, acts
@@ -94,7 +95,7 @@ def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Tensor | N
     # dG may be a slice of a (T+1)-step buffer: it never reaches the user (the layer's backward
     # consumes it), so it is returned as is. dh0 and dc0 are fresh tensors.
     level = _level(fusion, B, H, dt, dy.device, w_hr)
-    if w_hr is not None:
+    if w_hr is not None:  # both levels (lstm_step.step_forward_projected says why)
         return cell_backward_projected(dy.contiguous(), dc_n, w_hh, w_hr, c_all, acts)
     return (*BACKWARD[level](dy.contiguous(), dc_n, w_hh, c_all, acts), no_dw_hr)
 

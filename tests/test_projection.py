@@ -1,8 +1,9 @@
 """nn.LSTM's projection (proj_size = P < H: h_t = W_hr (o ⊙ tanh c_t)) on the Triton kernels.
 
-It runs at the cell level (the step and persistent kernels reduce their recurrent GEMM over H):
-every requested level gives float64 nn.LSTM's output, h_n, c_n and every gradient (weight_hr
-included) within 1e-5, and a level other than cell says in the debug log why it was not used.
+It runs at the cell and step levels (the step kernel reduces over P and torch's GEMM projects;
+both share the cell level's backward); ``auto`` and ``persistent`` resolve to step with the reason
+in the debug log. Every requested level gives float64 nn.LSTM's output, h_n, c_n and every
+gradient (weight_hr included) within 1e-5.
 """
 
 import logging
@@ -31,20 +32,33 @@ def test_projection_matches_nn_lstm_at_every_requested_level(fusion, caplog):
         errors = compare_with_nn(fusion, 5, 3, 4, 7, proj_size=3)
     assert "d_weight_hr_l0" in errors
     assert_close(errors)
-    if fusion != "cell":
-        assert f"fusion {fusion} -> cell: proj_size > 0" in caplog.text
+    if fusion in ("persistent", "auto"):
+        assert f"fusion {fusion} -> step: proj_size > 0" in caplog.text
 
 
 @pytest.mark.parametrize("variant", [
     dict(num_layers=2, bidirectional=True), dict(batch_first=True, unbatched=True), dict(bias=False),
     dict(with_state=False), dict(num_layers=2, dropout=1.0, train=True),
 ], ids=["2-layers-bi", "unbatched", "no-bias", "no-state", "dropout-1"])
-def test_projection_module_variants(variant):
-    assert_close(compare_with_nn("cell", 4, 2, 3, 6, proj_size=2, **variant))
+@pytest.mark.parametrize("fusion", ["cell", "step"])
+def test_projection_module_variants(variant, fusion):
+    assert_close(compare_with_nn(fusion, 4, 2, 3, 6, proj_size=2, **variant))
 
 
-def test_projection_with_half_precision_inputs():
-    assert_close(compare_with_nn("cell", 5, 3, 4, 8, proj_size=3, dtype=torch.float16), torch.float16)
+@pytest.mark.parametrize("fusion", ["cell", "step"])
+def test_projection_with_half_precision_inputs(fusion):
+    assert_close(compare_with_nn(fusion, 5, 3, 4, 8, proj_size=3, dtype=torch.float16), torch.float16)
+
+
+def test_projection_at_the_step_level_with_gpu_tiles_across_several_tiles():
+    """The GPU's step tiles (BLOCK_K=32) with P=40 > BLOCK_K and H=50 over several unit slices."""
+    from lstm_triton.kernels.launch_config import use_gpu_tiles
+
+    use_gpu_tiles(True)
+    try:
+        assert_close(compare_with_nn("step", 3, 5, 4, 50, proj_size=40))
+    finally:
+        use_gpu_tiles(False)
 
 
 def test_projection_with_packed_input():
