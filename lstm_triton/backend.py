@@ -67,8 +67,12 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
 
 
 def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device, *,
-                  arch: int | None = None, sms: int | None = None, projected: bool = False) -> str:
+                  arch: int | None = None, sms: int | None = None, projected: bool = False,
+                  cell: str = "LSTM") -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
+
+    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): GRU and RNN run at the cell level,
+    whatever was asked (the step and persistent kernels compute the LSTM cell only).
 
     ``projected`` (nn.LSTM's proj_size > 0): the cell level, whatever was asked — the step and
     persistent kernels fuse a recurrent GEMM whose reduction runs over H, not over P.
@@ -78,6 +82,11 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
+    if cell != "LSTM":
+        if requested != "cell":
+            _debug("fusion %s -> cell: %s runs at the cell level (the step and persistent kernels compute the LSTM "
+                   "cell only)", requested, cell)
+        return "cell"
     if projected:
         if requested != "cell":
             _debug("fusion %s -> cell: proj_size > 0 runs at the cell level (the step and persistent kernels "
