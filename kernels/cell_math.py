@@ -58,3 +58,37 @@ def rnn_pointwise_backward(dh, h, RELU: tl.constexpr):
         return tl.where(h > 0.0, dh, 0.0)
     else:
         return dh * (1.0 - h * h)
+
+
+# GRU's memory traffic per (row, unit), the same at every fusion level: ``saved`` is the offset of
+# r in the (·,4H) saved activations, ``gate`` that of dr in the (·,6H) gradients; masked elements
+# read 0.
+
+
+@triton.jit
+def gru_save(act_ptr, saved, H, r, z, n, hn, mask):
+    tl.store(act_ptr + saved, r, mask=mask)
+    tl.store(act_ptr + saved + H, z, mask=mask)
+    tl.store(act_ptr + saved + 2 * H, n, mask=mask)
+    tl.store(act_ptr + saved + 3 * H, hn, mask=mask)
+
+
+@triton.jit
+def gru_backward_from_saved(dh, act_ptr, saved, H, h_prev, mask):
+    """:func:`gru_pointwise_backward` on the saved r, z, n, hn."""
+    return gru_pointwise_backward(
+        dh, tl.load(act_ptr + saved, mask=mask, other=0.0), tl.load(act_ptr + saved + H, mask=mask, other=0.0),
+        tl.load(act_ptr + saved + 2 * H, mask=mask, other=0.0), tl.load(act_ptr + saved + 3 * H, mask=mask, other=0.0),
+        h_prev)
+
+
+@triton.jit
+def gru_store_grads(dg_ptr, gate, H, dr, dz, dn, dn_rec, mask):
+    """Input side [dr, dz, dn], then recurrent side [dr, dz, dn⊙r], in dG's dtype."""
+    out_ty = dg_ptr.dtype.element_ty
+    tl.store(dg_ptr + gate, dr.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + H, dz.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 2 * H, dn.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 3 * H, dr.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 4 * H, dz.to(out_ty), mask=mask)
+    tl.store(dg_ptr + gate + 5 * H, dn_rec.to(out_ty), mask=mask)

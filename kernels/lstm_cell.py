@@ -15,17 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cell_math as cm
 from .buffers import new_buffer
-from .cell_math import (
-    GATES,
-    GRU,
-    LSTM,
-    SAVED,
-    gru_pointwise_backward,
-    gru_pointwise_forward,
-    rnn_pointwise_backward,
-    rnn_pointwise_forward,
-)
+from .cell_math import GATES, GRU, LSTM, SAVED
 from .launch_config import pointwise_config
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
 
@@ -64,20 +56,16 @@ def cell_forward_kernel(
     elif CELL == 1:
         gate = b * 3 * H + n % H  # gates r, z, n at +0, +H, +2H on both sides
         hn = tl.load(hw_ptr + gate + 2 * H, mask=mask).to(tl.float32)
-        r, z, new, h = gru_pointwise_forward(
+        r, z, new, h = cm.gru_pointwise_forward(
             tl.load(xp_ptr + gate, mask=mask), tl.load(xp_ptr + gate + H, mask=mask),
             tl.load(xp_ptr + gate + 2 * H, mask=mask), tl.load(hw_ptr + gate, mask=mask).to(tl.float32),
             tl.load(hw_ptr + gate + H, mask=mask).to(tl.float32), hn, tl.load(c_prev_ptr + n, mask=mask))
-        saved = b * 4 * H + n % H  # r, z, n, hn
-        tl.store(act_ptr + saved, r, mask=mask)
-        tl.store(act_ptr + saved + H, z, mask=mask)
-        tl.store(act_ptr + saved + 2 * H, new, mask=mask)
-        tl.store(act_ptr + saved + 3 * H, hn, mask=mask)
+        cm.gru_save(act_ptr, b * 4 * H + n % H, H, r, z, new, hn, mask)
         tl.store(c_ptr + n, h, mask=mask)
         tl.store(y_ptr + n, h.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         pre = tl.load(xp_ptr + n, mask=mask) + tl.load(hw_ptr + n, mask=mask).to(tl.float32)
-        h = rnn_pointwise_forward(pre, CELL == 3)
+        h = cm.rnn_pointwise_forward(pre, CELL == 3)
         tl.store(c_ptr + n, h, mask=mask)
         tl.store(y_ptr + n, h.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -112,21 +100,12 @@ def cell_backward_kernel(
         tl.store(dc_ptr + n, dc_prev, mask=mask)
     elif CELL == 1:
         dh += tl.load(dc_ptr + n, mask=mask)  # the direct part z_{t+1} ⊙ dh_{t+1}, carried in dc
-        saved = (n // H) * 4 * H + n % H
-        dr, dz, dn, dn_rec, direct = gru_pointwise_backward(
-            dh, tl.load(act_ptr + saved, mask=mask), tl.load(act_ptr + saved + H, mask=mask),
-            tl.load(act_ptr + saved + 2 * H, mask=mask), tl.load(act_ptr + saved + 3 * H, mask=mask),
-            tl.load(c_prev_ptr + n, mask=mask))
-        gate = (n // H) * 6 * H + n % H
-        tl.store(dg_ptr + gate, dr.to(out_ty), mask=mask)
-        tl.store(dg_ptr + gate + H, dz.to(out_ty), mask=mask)
-        tl.store(dg_ptr + gate + 2 * H, dn.to(out_ty), mask=mask)
-        tl.store(dg_ptr + gate + 3 * H, dr.to(out_ty), mask=mask)
-        tl.store(dg_ptr + gate + 4 * H, dz.to(out_ty), mask=mask)
-        tl.store(dg_ptr + gate + 5 * H, dn_rec.to(out_ty), mask=mask)
+        dr, dz, dn, dn_rec, direct = cm.gru_backward_from_saved(dh, act_ptr, (n // H) * 4 * H + n % H, H,
+                                                                tl.load(c_prev_ptr + n, mask=mask), mask)
+        cm.gru_store_grads(dg_ptr, (n // H) * 6 * H + n % H, H, dr, dz, dn, dn_rec, mask)
         tl.store(dc_ptr + n, direct, mask=mask)
     else:
-        dpre = rnn_pointwise_backward(dh, tl.load(c_ptr + n, mask=mask), CELL == 3)
+        dpre = cm.rnn_pointwise_backward(dh, tl.load(c_ptr + n, mask=mask), CELL == 3)
         tl.store(dg_ptr + n, dpre.to(out_ty), mask=mask)
 
 
@@ -147,6 +126,7 @@ def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: to
     s_all[0] = s0
     cfg = pointwise_config(B * H)
     grid = (triton.cdiv(B * H, cfg.block),)
+    meta = {} if cell == LSTM else {"CELL": cell}  # the LSTM launches exactly as before GRU/RNN joined
     w_t = w_hh.t()
     h_prev = h0.to(dt)
     for t in range(T):
@@ -155,7 +135,7 @@ def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: to
         else:
             torch.addmm(b_hh, h_prev, w_t, out=hw)
         cell_forward_kernel[grid](xp[t], hw, s_all[t], y[t], s_all[t + 1], acts[t] if SAVED[cell] else hw, B, H,
-                                  BLOCK=cfg.block, CELL=cell, num_warps=cfg.num_warps)
+                                  BLOCK=cfg.block, num_warps=cfg.num_warps, **meta)
         h_prev = y[t]
     return y, s_all, acts
 
@@ -173,9 +153,10 @@ def _backward_loop(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, s_a
     dh_rec = torch.zeros((B, H), dtype=dt, device=dev)
     cfg = pointwise_config(B * H)
     grid = (triton.cdiv(B * H, cfg.block),)
+    meta = {} if cell == LSTM else {"CELL": cell}
     for t in range(T - 1, -1, -1):
         cell_backward_kernel[grid](dy[t], dh_rec, ds, acts[t] if SAVED[cell] else dy[t], s_all[t + 1], s_all[t],
-                                   dG[t], B, H, BLOCK=cfg.block, CELL=cell, num_warps=cfg.num_warps)
+                                   dG[t], B, H, BLOCK=cfg.block, num_warps=cfg.num_warps, **meta)
         torch.mm(dG[t] if width == GH else dG[t, :, GH:], w_hh, out=dh_rec)
     return dG, dh_rec, ds
 

@@ -71,8 +71,9 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
                   cell: str = "LSTM") -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
 
-    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): GRU and RNN run at the cell level,
-    whatever was asked (the step and persistent kernels compute the LSTM cell only).
+    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): GRU and RNN have the cell and step
+    levels; ``auto`` and ``persistent`` resolve to step for them (the persistent kernels compute the
+    LSTM cell only).
 
     ``projected`` (nn.LSTM's proj_size > 0): the cell level, whatever was asked — the step and
     persistent kernels fuse a recurrent GEMM whose reduction runs over H, not over P.
@@ -82,11 +83,9 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
-    if cell != "LSTM":
-        if requested != "cell":
-            _debug("fusion %s -> cell: %s runs at the cell level (the step and persistent kernels compute the LSTM "
-                   "cell only)", requested, cell)
-        return "cell"
+    if cell != "LSTM" and requested in ("auto", "persistent"):
+        _debug("fusion %s -> step: %s has no persistent kernel (it computes the LSTM cell only)", requested, cell)
+        requested = "step"
     if projected:
         if requested != "cell":
             _debug("fusion %s -> cell: proj_size > 0 runs at the cell level (the step and persistent kernels "

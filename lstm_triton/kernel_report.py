@@ -129,7 +129,14 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     # ASTSource does not apply a constexpr's default (a launch does): an unset CELL would compile
     # another branch than the launchers run.
     defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
-    src = ASTSource(fn, sig, constexprs={**defaults, **build.constexprs}, attrs=attrs)
+    consts = {**defaults, **build.constexprs}
+    if consts.get("CELL", 0) == 0:  # the LSTM's launches leave GRU/RNN-only pointers (b_ptr) at None
+        for idx, p in enumerate(fn.params):
+            if p.has_default and p.default is None:
+                sig[p.name] = "constexpr"
+                consts[p.name] = None
+                attrs.pop((idx,), None)
+    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
     options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
@@ -185,6 +192,8 @@ def planned_builds(arch: str) -> list[KernelBuild]:
             for name in ("step_forward_kernel", "step_backward_kernel"):
                 flags = _shape_flags(name, dt, prec, consts, d2l_step, large_step, cfg)
                 plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, **flags))
+                for cell in (GRU, RNN_TANH, RNN_RELU):  # the rated shapes are the LSTM's: no flags
+                    plans.append(KernelBuild(name, "step", TYPE[dt], {**consts, "CELL": cell}, cfg.num_warps, arch))
     d2l_cfg = persistent_config(*D2L, arch=major)[0]
     large_cfg = persistent_config(*LARGE, arch=major)[0]
     choices = persistent_choices(major)

@@ -10,8 +10,9 @@
     dy (T,B,H) fp32 already holding dL/dh_n in its last step; dG (T,B,W) dt: GRU W = 6H (input-side
     pre-activation grads r, z, n, then recurrent-side ones), RNN W = H (both sides); dh0 (B,H) fp32.
 
-``fusion`` is resolved by :func:`lstm_triton.backend.choose_fusion`: GRU and RNN run at the cell
-level whatever was asked (logged). Fake implementations give symbolic shapes (torch.compile, export).
+``fusion`` is resolved by :func:`lstm_triton.backend.choose_fusion`: GRU and RNN run at the cell or
+step level (``auto`` and ``persistent`` resolve to step, logged; bf16 under the interpreter to
+cell). Fake implementations give symbolic shapes (torch.compile, export).
 ValueError for an unknown ``mode`` or ``fusion``.
 """
 
@@ -23,9 +24,12 @@ from torch import Tensor
 from .backend import choose_fusion
 from .kernels.cell_math import CELL_IDS, GATES, GRU, SAVED
 from .kernels.lstm_cell import rnn_cell_backward, rnn_cell_forward
+from .kernels.lstm_step import rnn_step_backward, rnn_step_forward
 from .ops import _check_fusion, _owned
 
 MODES = ("GRU", "RNN_TANH", "RNN_RELU")
+FORWARD = {"cell": rnn_cell_forward, "step": rnn_step_forward}
+BACKWARD = {"cell": rnn_cell_backward, "step": rnn_step_backward}
 
 
 def _cell(mode: str) -> int:
@@ -50,8 +54,8 @@ def rnn_recurrence(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mo
     dt = w_hh.dtype
     if B * H == 0:  # nothing to compute (the kernels cannot launch an empty grid)
         return xp.new_empty((T, B, H), dtype=dt), h0.float().expand(T + 1, B, H).clone(), xp.new_empty((T, B, S))
-    choose_fusion(fusion, B, H, dt, xp.device, cell=mode)  # logs the resolution; always the cell level
-    y, h_all, acts = rnn_cell_forward(xp, h0, w_hh, b_hh, CELL_IDS[mode])
+    level = choose_fusion(fusion, B, H, dt, xp.device, cell=mode)
+    y, h_all, acts = FORWARD[level](xp, h0, w_hh, b_hh, CELL_IDS[mode])
     return _owned(y), h_all, acts
 
 
@@ -75,8 +79,8 @@ def rnn_recurrence_backward(dy: Tensor, w_hh: Tensor, h_all: Tensor, acts: Tenso
     dt = w_hh.dtype
     if B * H == 0:
         return dy.new_zeros((T, B, _dg_width(mode, H)), dtype=dt), dy.new_zeros((B, H))
-    choose_fusion(fusion, B, H, dt, dy.device, cell=mode)
-    return rnn_cell_backward(dy.contiguous(), w_hh, h_all, acts, CELL_IDS[mode])
+    level = choose_fusion(fusion, B, H, dt, dy.device, cell=mode)
+    return BACKWARD[level](dy.contiguous(), w_hh, h_all, acts, CELL_IDS[mode])
 
 
 @rnn_recurrence_backward.register_fake
