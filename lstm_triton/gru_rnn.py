@@ -75,7 +75,7 @@ def _functional(mode: str, input, weight_ih, weight_hh, bias_ih, bias_hh, hx, le
         raise ValueError("hidden_size must be greater than zero")
     weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh}
     input, (h0,), weights, chosen, lengths, ac = prepare_functional(input, weights, {"hx": (hx, (B, H))}, G * H,
-                                                                   fusion, backend, lengths)
+                                                                   fusion, backend, lengths, mode)
     with _no_autocast(input, ac):
         return run_rnn_layer(mode, fusion, input, h0, *weights.values(), chosen, lengths)
 

@@ -39,7 +39,7 @@ def rnn_backward_formula(ctx, dy, _dh_all, _dacts):
     rec = dG[..., dG.shape[-1] - GH:].reshape(T * B, GH)  # recurrent-side grads (RNN: the same as the input side)
     dw_hh = db_hh = None
     if ctx.needs_input_grad[2]:
-        h_prev = torch.cat([h0.to(dt).unsqueeze(0), y[:-1]]).reshape(T * B, -1)
+        h_prev = torch.cat([h0.to(dt).unsqueeze(0), y[:-1]]).reshape(T * B, w_hh.shape[1])  # sizes: T·B may be 0
         dw_hh = torch.mm(rec.t(), h_prev)
     if b_hh is not None and ctx.needs_input_grad[3]:
         db_hh = rec.float().sum(0).to(dt)

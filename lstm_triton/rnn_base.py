@@ -54,14 +54,19 @@ def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
             raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
 
 
-def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast gives an nn.LSTM on ``x``'s device, or None when autocast is off there.
+def autocast_dtype(x: torch.Tensor, mode: str = "LSTM") -> torch.dtype | None:
+    """The dtype autocast gives an nn.LSTM (``mode``: nn.RNNBase.mode, the nn class) on ``x``'s
+    device, or None when autocast is off there or leaves that class alone.
 
-    CPU: the autocast dtype. CUDA: nn.LSTM runs cuDNN, whose autocast rule (ATen's
-    ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the autocast dtype, bf16 included.
+    CPU: the autocast dtype, except for GRU: ATen's CPU autocast list holds lstm, rnn_tanh and
+    rnn_relu but not gru (torch 2.13), so nn.GRU stays in its own dtype. CUDA: nn's RNNs run cuDNN,
+    whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the
+    autocast dtype, bf16 included.
     """
     kind = x.device.type
     if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return None
+    if kind == "cpu" and mode == "GRU":
         return None
     if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
         return torch.float16
@@ -77,8 +82,10 @@ def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype | None):
 
 
 def _no_autocast(x: torch.Tensor, active: bool):
-    # The casts are done: torch's ops inside the layer must not cast again (e.g. the projection's fp32 sum).
-    return torch.autocast(x.device.type, enabled=False) if active else contextlib.nullcontext()
+    # The casts are done (``active``), or autocast leaves this class alone (GRU on CPU): torch's ops
+    # inside the layer must not cast (again), e.g. the projection's fp32 sum.
+    on = active or (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type))
+    return torch.autocast(x.device.type, enabled=False) if on else contextlib.nullcontext()
 
 
 def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -87,7 +94,7 @@ def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
 
 
 def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_rows: int, fusion: str,
-                       backend: str, lengths):
+                       backend: str, lengths, mode: str = "LSTM"):
     """The checks and casts of a functional one-layer call after its shape checks.
 
     ``weights``: name -> tensor or None ("weight_ih", "weight_hh", "bias_ih", "bias_hh", ...);
@@ -101,7 +108,7 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
         _check_state(name, filled[name], input, shape)
     if input.shape[0] == 0:
         raise RuntimeError(EMPTY_SEQUENCE)
-    ac = autocast_dtype(input)
+    ac = autocast_dtype(input, mode)
     input = autocast_cast(input, ac)
     filled = {k: autocast_cast(t, ac) for k, t in filled.items()}
     weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
@@ -144,7 +151,7 @@ class FusedRNNMixin:
         if data.dtype != self.weight_ih_l0.dtype:
             self.check_input(data, None)  # nn's own dtype error, before any backend talk
         _check_parameter_devices(data, self._flat_weights)
-        ac = autocast_dtype(data)
+        ac = autocast_dtype(data, self.mode)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
         if lengths is not None:

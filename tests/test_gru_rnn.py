@@ -227,3 +227,45 @@ def test_compiles_in_one_graph_and_exports():
     assert torch.equal(y, ey) and torch.equal(h, eh)
     program = torch.export.export(lstm_triton.RNN(4, 8, backend="triton", device=DEVICE), (x,))
     assert "lstm_triton.rnn_recurrence" in str(program.graph)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_empty_batch_gives_empty_results_and_zero_grads(cell):
+    ref, ours = _layer_pair(cell)
+    x = torch.randn(3, 0, 4, device=DEVICE, requires_grad=True)
+    y, h = ours(x)
+    ry, rh = ref(torch.randn(3, 0, 4, dtype=torch.float64))
+    assert y.shape == ry.shape and h.shape == rh.shape
+    (y.sum() + h.sum()).backward()
+    assert x.grad.shape == x.shape and not ours.weight_hh_l0.grad.any()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU autocast rules (CUDA's cuDNN rule is float16 for every class)")
+@pytest.mark.parametrize("cell", CELLS)
+def test_autocast_gives_nn_result_dtype(cell):
+    """CPU autocast casts nn.RNN to bf16 but leaves nn.GRU's result in float32 (gru is not on ATen's
+    CPU list; its inner GEMMs still run in bf16, ours run in fp32): the same result dtypes, and
+    values within bf16's tolerance of nn's."""
+    ref, ours = _layer_pair(cell)
+    ref = ref.float()
+    x = torch.randn(4, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, h = ours(x)
+        ry, rh = ref(x)
+    assert (y.dtype, h.dtype) == (ry.dtype, rh.dtype)
+    assert rel_err(y, ry) <= TOL[torch.bfloat16] and rel_err(h, rh) <= TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("cell", ["GRU", "RNN_TANH"])
+def test_torch_func_grad_matches_nn(cell):
+    from torch.func import functional_call, grad
+
+    ref, ours = _layer_pair(cell)
+    x64 = torch.randn(4, 2, 4, dtype=torch.float64)
+
+    def loss(model, x):
+        return lambda params: functional_call(model, params, (x,))[0].pow(2).sum()
+
+    ours_grads = grad(loss(ours, x64.float().to(DEVICE)))({k: v.detach() for k, v in ours.named_parameters()})
+    ref_grads = grad(loss(ref, x64))({k: v.detach() for k, v in ref.named_parameters()})
+    assert_close({k: rel_err(ours_grads[k], ref_grads[k]) for k in ref_grads})
