@@ -60,17 +60,9 @@ def rnn_pointwise_backward(dh, h, RELU: tl.constexpr):
         return dh * (1.0 - h * h)
 
 
-# GRU's memory traffic per (row, unit), the same at every fusion level: ``saved`` is the offset of
-# r in the (·,4H) saved activations, ``gate`` that of dr in the (·,6H) gradients; masked elements
-# read 0.
-
-
-@triton.jit
-def gru_save(act_ptr, saved, H, r, z, n, hn, mask):
-    tl.store(act_ptr + saved, r, mask=mask)
-    tl.store(act_ptr + saved + H, z, mask=mask)
-    tl.store(act_ptr + saved + 2 * H, n, mask=mask)
-    tl.store(act_ptr + saved + 3 * H, hn, mask=mask)
+# GRU's memory traffic per (row, unit), the same at every fusion level (the forward saves r, z, n,
+# hn with lstm_math.store_gate_blocks): ``saved`` is the offset of r in the (·,4H) saved
+# activations, ``gate`` that of dr in the (·,6H) gradients; masked elements read 0.
 
 
 @triton.jit

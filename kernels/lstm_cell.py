@@ -19,7 +19,7 @@ from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
 from .launch_config import pointwise_config
-from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
 # ----------------------------------------------------------------------------- kernels
 # One skeleton per direction for every cell type: ``CELL`` (cell_math.py: 0 LSTM, 1 GRU, 2 RNN_TANH,
@@ -49,10 +49,7 @@ def cell_forward_kernel(
         i, f, g, o, c, h = lstm_pointwise_forward(gi, gf, gg, go, c_prev)
         tl.store(c_ptr + n, c, mask=mask)
         tl.store(y_ptr + n, h.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.store(act_ptr + gate, i, mask=mask)
-        tl.store(act_ptr + gate + H, f, mask=mask)
-        tl.store(act_ptr + gate + 2 * H, g, mask=mask)
-        tl.store(act_ptr + gate + 3 * H, o, mask=mask)
+        store_gate_blocks(act_ptr, gate, H, i, f, g, o, mask)
     elif CELL == 1:
         gate = b * 3 * H + n % H  # gates r, z, n at +0, +H, +2H on both sides
         hn = tl.load(hw_ptr + gate + 2 * H, mask=mask).to(tl.float32)
@@ -60,7 +57,7 @@ def cell_forward_kernel(
             tl.load(xp_ptr + gate, mask=mask), tl.load(xp_ptr + gate + H, mask=mask),
             tl.load(xp_ptr + gate + 2 * H, mask=mask), tl.load(hw_ptr + gate, mask=mask).to(tl.float32),
             tl.load(hw_ptr + gate + H, mask=mask).to(tl.float32), hn, tl.load(c_prev_ptr + n, mask=mask))
-        cm.gru_save(act_ptr, b * 4 * H + n % H, H, r, z, new, hn, mask)
+        store_gate_blocks(act_ptr, b * 4 * H + n % H, H, r, z, new, hn, mask)
         tl.store(c_ptr + n, h, mask=mask)
         tl.store(y_ptr + n, h.to(y_ptr.dtype.element_ty), mask=mask)
     else:

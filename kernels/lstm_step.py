@@ -23,7 +23,7 @@ from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
 from .launch_config import dot_precision, step_config
-from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
 # ----------------------------------------------------------------------------- kernels
 # One skeleton per direction for every cell type: ``CELL`` (cell_math.py: 0 LSTM, 1 GRU, 2 RNN_TANH,
@@ -81,10 +81,7 @@ def step_forward_kernel(
         i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c_prev)
         tl.store(c_ptr + state, c, mask=mask)
         tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.store(act_ptr + gate, i, mask=mask)
-        tl.store(act_ptr + gate + H, f, mask=mask)
-        tl.store(act_ptr + gate + 2 * H, g, mask=mask)
-        tl.store(act_ptr + gate + 3 * H, o, mask=mask)
+        store_gate_blocks(act_ptr, gate, H, i, f, g, o, mask)
     elif CELL == 1:
         gate = rows[:, None] * 3 * H + units[None, :]
         state = rows[:, None] * H + units[None, :]
@@ -95,7 +92,7 @@ def step_forward_kernel(
             acc_i + tl.load(b_ptr + units, mask=unit_ok, other=0.0)[None, :],
             acc_f + tl.load(b_ptr + H + units, mask=unit_ok, other=0.0)[None, :], hn,
             tl.load(c_prev_ptr + state, mask=mask, other=0.0))
-        cm.gru_save(act_ptr, rows[:, None] * 4 * H + units[None, :], H, r, z, new, hn, mask)
+        store_gate_blocks(act_ptr, rows[:, None] * 4 * H + units[None, :], H, r, z, new, hn, mask)
         tl.store(c_ptr + state, h_new, mask=mask)
         tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
     else:

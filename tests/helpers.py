@@ -47,6 +47,13 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs()).max())
 
 
+# Module configurations every layer class is checked in (compare_with_nn keyword arguments).
+MODULE_VARIANTS = {
+    "2-layers": dict(num_layers=2), "bidirectional": dict(bidirectional=True), "batch-first": dict(batch_first=True),
+    "unbatched": dict(unbatched=True), "no-bias": dict(bias=False), "no-state": dict(with_state=False),
+    "2-layers-bi-bf": dict(num_layers=2, bidirectional=True, batch_first=True),
+    "dropout-1": dict(num_layers=2, dropout=1.0, train=True),  # p=1 zeroes layer 1's output in both: deterministic
+}
 CELLS = {"LSTM": (nn.LSTM, "LSTM", {}), "GRU": (nn.GRU, "GRU", {}),
          "RNN_TANH": (nn.RNN, "RNN", {"nonlinearity": "tanh"}), "RNN_RELU": (nn.RNN, "RNN", {"nonlinearity": "relu"})}
 

@@ -14,28 +14,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstm_triton
 from lstm_triton.kernels.buffers import set_poison
-from lstm_triton.kernels.launch_config import use_gpu_tiles
 
-from .helpers import DEVICE, TOL, assert_close, compare_with_nn, rel_err
+from .helpers import DEVICE, MODULE_VARIANTS, TOL, assert_close, compare_with_nn, rel_err
 
 CELLS = ["GRU", "RNN_TANH", "RNN_RELU"]
 LEVELS = ["cell", "step"]
 
 
-@pytest.fixture(autouse=True)
-def poison_outputs():
-    """Every kernel output starts as NaN, so an element a kernel forgets to write fails."""
-    set_poison(True)
-    yield
-    set_poison(False)
-
-
-@pytest.fixture(params=["gpu-tiles", "interpreter-tiles"] if DEVICE == "cpu" else ["gpu-tiles"])
-def tiles(request):
-    """Under the interpreter, run both the GPU's tile sizes and the interpreter's wide tiles."""
-    use_gpu_tiles(request.param == "gpu-tiles")
-    yield request.param
-    use_gpu_tiles(False)
+pytestmark = pytest.mark.usefixtures("poisoned")  # every kernel output starts as NaN
 
 
 SHAPES = {
@@ -76,12 +62,7 @@ def test_bf16_under_the_interpreter_runs_at_cell(caplog):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("fusion", LEVELS)
-@pytest.mark.parametrize("variant", [
-    dict(num_layers=2), dict(bidirectional=True), dict(batch_first=True), dict(unbatched=True),
-    dict(bias=False), dict(with_state=False), dict(num_layers=2, bidirectional=True, batch_first=True),
-    dict(num_layers=2, dropout=1.0, train=True),  # p=1 zeroes layer 1's output in both: deterministic
-], ids=["2-layers", "bidirectional", "batch-first", "unbatched", "no-bias", "no-state", "2-layers-bi-bf",
-        "dropout-1"])
+@pytest.mark.parametrize("variant", MODULE_VARIANTS.values(), ids=MODULE_VARIANTS.keys())
 def test_module_features_match_nn(fusion, cell, variant):
     assert_close(compare_with_nn(fusion, 5, 3, 4, 12, cell=cell, **variant))
 
