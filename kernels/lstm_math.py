@@ -57,3 +57,12 @@ def lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev):
     dgg = dc_t * i * (1.0 - g * g)
     dgo = dh * tc * o * (1.0 - o)
     return dgi, dgf, dgg, dgo, dc_t * f
+
+
+@triton.jit
+def store_gate_blocks(ptr, offset, H, a, b, c, d, mask):
+    """Four per-gate values at ``offset``, ``+H``, ``+2H``, ``+3H`` (a (·,4H) row of saved activations)."""
+    tl.store(ptr + offset, a, mask=mask)
+    tl.store(ptr + offset + H, b, mask=mask)
+    tl.store(ptr + offset + 2 * H, c, mask=mask)
+    tl.store(ptr + offset + 3 * H, d, mask=mask)

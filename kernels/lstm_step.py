@@ -19,19 +19,28 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cell_math as cm
 from .buffers import new_buffer
+from .cell_math import GATES, GRU, LSTM, SAVED
 from .launch_config import dot_precision, step_config
-from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
 # ----------------------------------------------------------------------------- kernels
+# One skeleton per direction for every cell type: ``CELL`` (cell_math.py: 0 LSTM, 1 GRU, 2 RNN_TANH,
+# 3 RNN_RELU) is a compile-time constant, so each type compiles to its own gates alone (the LSTM's
+# code is what it was before GRU and RNN joined). GRU and RNN: ``b_ptr`` is b_hh (G·H,) fp32, added
+# to the recurrent product (GRU's b_hn sits inside r ⊙ (·)); the "c" state buffers hold h in fp32.
+# W_hh rows are gate-major for every type: gate q of unit u is row q·H + u.
 
 
 @triton.jit
 def step_forward_kernel(
-    xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr,  # (B,4H) fp32, (B,K) dt, (4H,K) dt, (B,H) fp32
-    y_ptr, c_ptr, act_ptr,  # outputs: (B,H) dt, (B,H) fp32, (B,4H) fp32
+    xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr,  # (B,G·H) fp32, (B,K) dt, (G·H,K) dt, (B,H) fp32
+    y_ptr, c_ptr, act_ptr,  # outputs: (B,H) dt, (B,H) fp32, (B,4H) fp32 (unused: RNN)
     B, H, K,  # K: width of the recurrent input, H (or nn.LSTM's proj_size P; y is then o ⊙ tanh c)
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    b_ptr=None,  # (G·H,) fp32 b_hh: GRU, RNN
+    CELL: tl.constexpr = 0,
 ):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -39,10 +48,10 @@ def step_forward_kernel(
     row_ok = rows < B
     unit_ok = units < H
     w_ty = w_ptr.dtype.element_ty
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # LSTM i, GRU r, RNN the one gate
+    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # LSTM f, GRU z
+    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # LSTM g, GRU n
+    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # LSTM o
     # W_hhᵀ tile [k, unit] of gate q lives at W_hh[(q*H + unit), k].
     w_tile = w_ptr + units[None, :] * K + ks[:, None]
     for k0 in range(0, K, BLOCK_K):
@@ -51,69 +60,107 @@ def step_forward_kernel(
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(w_ty)
         w_mask = k_ok[:, None] & unit_ok[None, :]
         acc_i = tl.dot(h, tl.load(w_tile + k0, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
-        acc_f = tl.dot(h, tl.load(w_tile + H * K + k0, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
-        acc_g = tl.dot(h, tl.load(w_tile + 2 * H * K + k0, mask=w_mask, other=0.0), acc_g,
-                       input_precision=PRECISION)
-        acc_o = tl.dot(h, tl.load(w_tile + 3 * H * K + k0, mask=w_mask, other=0.0), acc_o,
-                       input_precision=PRECISION)
+        if CELL <= 1:
+            acc_f = tl.dot(h, tl.load(w_tile + H * K + k0, mask=w_mask, other=0.0), acc_f,
+                           input_precision=PRECISION)
+            acc_g = tl.dot(h, tl.load(w_tile + 2 * H * K + k0, mask=w_mask, other=0.0), acc_g,
+                           input_precision=PRECISION)
+        if CELL == 0:
+            acc_o = tl.dot(h, tl.load(w_tile + 3 * H * K + k0, mask=w_mask, other=0.0), acc_o,
+                           input_precision=PRECISION)
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    gate = rows[:, None] * 4 * H + units[None, :]
-    state = rows[:, None] * H + units[None, :]
-    gi = acc_i + tl.load(xp_ptr + gate, mask=mask, other=0.0)
-    gf = acc_f + tl.load(xp_ptr + gate + H, mask=mask, other=0.0)
-    gg = acc_g + tl.load(xp_ptr + gate + 2 * H, mask=mask, other=0.0)
-    go = acc_o + tl.load(xp_ptr + gate + 3 * H, mask=mask, other=0.0)
-    c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0)
-    i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c_prev)
-    tl.store(c_ptr + state, c, mask=mask)
-    tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(act_ptr + gate, i, mask=mask)
-    tl.store(act_ptr + gate + H, f, mask=mask)
-    tl.store(act_ptr + gate + 2 * H, g, mask=mask)
-    tl.store(act_ptr + gate + 3 * H, o, mask=mask)
+    if CELL == 0:
+        gate = rows[:, None] * 4 * H + units[None, :]
+        state = rows[:, None] * H + units[None, :]
+        gi = acc_i + tl.load(xp_ptr + gate, mask=mask, other=0.0)
+        gf = acc_f + tl.load(xp_ptr + gate + H, mask=mask, other=0.0)
+        gg = acc_g + tl.load(xp_ptr + gate + 2 * H, mask=mask, other=0.0)
+        go = acc_o + tl.load(xp_ptr + gate + 3 * H, mask=mask, other=0.0)
+        c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0)
+        i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c_prev)
+        tl.store(c_ptr + state, c, mask=mask)
+        tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
+        store_gate_blocks(act_ptr, gate, H, i, f, g, o, mask)
+    elif CELL == 1:
+        gate = rows[:, None] * 3 * H + units[None, :]
+        state = rows[:, None] * H + units[None, :]
+        hn = acc_g + tl.load(b_ptr + 2 * H + units, mask=unit_ok, other=0.0)[None, :]
+        r, z, new, h_new = cm.gru_pointwise_forward(
+            tl.load(xp_ptr + gate, mask=mask, other=0.0), tl.load(xp_ptr + gate + H, mask=mask, other=0.0),
+            tl.load(xp_ptr + gate + 2 * H, mask=mask, other=0.0),
+            acc_i + tl.load(b_ptr + units, mask=unit_ok, other=0.0)[None, :],
+            acc_f + tl.load(b_ptr + H + units, mask=unit_ok, other=0.0)[None, :], hn,
+            tl.load(c_prev_ptr + state, mask=mask, other=0.0))
+        store_gate_blocks(act_ptr, rows[:, None] * 4 * H + units[None, :], H, r, z, new, hn, mask)
+        tl.store(c_ptr + state, h_new, mask=mask)
+        tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        state = rows[:, None] * H + units[None, :]
+        pre = acc_i + tl.load(xp_ptr + state, mask=mask, other=0.0) + tl.load(b_ptr + units, mask=unit_ok,
+                                                                                 other=0.0)[None, :]
+        h_new = cm.rnn_pointwise_forward(pre, CELL == 3)
+        tl.store(c_ptr + state, h_new, mask=mask)
+        tl.store(y_ptr + state, h_new.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def step_backward_kernel(
-    dg_next_ptr, w_ptr, dy_ptr, dc_ptr,  # (B,4H) dt = dG_{t+1}, (4H,H) dt, (B,H) fp32, (B,H) fp32 in/out
-    act_ptr, c_ptr, c_prev_ptr,  # saved: (B,4H) fp32, c_t, c_{t-1} (B,H) fp32
-    dg_ptr,  # output (B,4H) dt
+    dg_next_ptr, w_ptr, dy_ptr, dc_ptr,  # (B,W) dt = dG_{t+1}, (G·H,H) dt, (B,H) fp32, (B,H) fp32 in/out
+    act_ptr, c_ptr, c_prev_ptr,  # saved: (B,4H) fp32 (unused: RNN), c_t, c_{t-1} (GRU, RNN: h) (B,H) fp32
+    dg_ptr,  # output (B,W) dt: LSTM W = 4H; GRU 6H (input side r, z, n, then recurrent side); RNN H
     B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    CELL: tl.constexpr = 0,
 ):
+    NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)  # gates: rows of W_hh in units of H
+    WIDTH: tl.constexpr = 6 if CELL == 1 else NG  # dG row length in units of H
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows < B
     unit_ok = units < H
+    dg_rec = dg_next_ptr
+    if CELL == 1:
+        dg_rec = dg_next_ptr + 3 * H  # the recurrent side feeds dh_{t}
     acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, 4 * H, BLOCK_K):
-        k_ok = (k0 + ks) < 4 * H
-        dg = tl.load(dg_next_ptr + rows[:, None] * 4 * H + (k0 + ks)[None, :],
+    for k0 in range(0, NG * H, BLOCK_K):
+        k_ok = (k0 + ks) < NG * H
+        dg = tl.load(dg_rec + rows[:, None] * WIDTH * H + (k0 + ks)[None, :],
                      mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + (k0 + ks)[:, None] * H + units[None, :],
                     mask=k_ok[:, None] & unit_ok[None, :], other=0.0)
         acc = tl.dot(dg, w, acc, input_precision=PRECISION)
 
     mask = row_ok[:, None] & unit_ok[None, :]
-    gate = rows[:, None] * 4 * H + units[None, :]
+    gate = rows[:, None] * WIDTH * H + units[None, :]
     state = rows[:, None] * H + units[None, :]
     dh = acc + tl.load(dy_ptr + state, mask=mask, other=0.0)
-    dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
-    i = tl.load(act_ptr + gate, mask=mask, other=0.0)
-    f = tl.load(act_ptr + gate + H, mask=mask, other=0.0)
-    g = tl.load(act_ptr + gate + 2 * H, mask=mask, other=0.0)
-    o = tl.load(act_ptr + gate + 3 * H, mask=mask, other=0.0)
-    c = tl.load(c_ptr + state, mask=mask, other=0.0)
-    c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0)
-    dgi, dgf, dgg, dgo, dc_prev = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
     out_ty = dg_ptr.dtype.element_ty
-    tl.store(dg_ptr + gate, dgi.to(out_ty), mask=mask)
-    tl.store(dg_ptr + gate + H, dgf.to(out_ty), mask=mask)
-    tl.store(dg_ptr + gate + 2 * H, dgg.to(out_ty), mask=mask)
-    tl.store(dg_ptr + gate + 3 * H, dgo.to(out_ty), mask=mask)
-    tl.store(dc_ptr + state, dc_prev, mask=mask)
+    if CELL == 0:
+        dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
+        i = tl.load(act_ptr + gate, mask=mask, other=0.0)
+        f = tl.load(act_ptr + gate + H, mask=mask, other=0.0)
+        g = tl.load(act_ptr + gate + 2 * H, mask=mask, other=0.0)
+        o = tl.load(act_ptr + gate + 3 * H, mask=mask, other=0.0)
+        c = tl.load(c_ptr + state, mask=mask, other=0.0)
+        c_prev = tl.load(c_prev_ptr + state, mask=mask, other=0.0)
+        dgi, dgf, dgg, dgo, dc_prev = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
+        tl.store(dg_ptr + gate, dgi.to(out_ty), mask=mask)
+        tl.store(dg_ptr + gate + H, dgf.to(out_ty), mask=mask)
+        tl.store(dg_ptr + gate + 2 * H, dgg.to(out_ty), mask=mask)
+        tl.store(dg_ptr + gate + 3 * H, dgo.to(out_ty), mask=mask)
+        tl.store(dc_ptr + state, dc_prev, mask=mask)
+    elif CELL == 1:
+        dh += tl.load(dc_ptr + state, mask=mask, other=0.0)  # the direct part z_{t+1} ⊙ dh_{t+1}
+        dr, dz, dn, dn_rec, direct = cm.gru_backward_from_saved(
+            dh, act_ptr, rows[:, None] * 4 * H + units[None, :], H, tl.load(c_prev_ptr + state, mask=mask, other=0.0),
+            mask)
+        cm.gru_store_grads(dg_ptr, gate, H, dr, dz, dn, dn_rec, mask)
+        tl.store(dc_ptr + state, direct, mask=mask)
+    else:
+        dpre = cm.rnn_pointwise_backward(dh, tl.load(c_ptr + state, mask=mask, other=0.0), CELL == 3)
+        tl.store(dg_ptr + state, dpre.to(out_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -127,19 +174,23 @@ def _grid_and_meta(B: int, H: int, dtype: torch.dtype):
     return grid, meta
 
 
-def step_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
-    """Same contract as :func:`lstm_cell.cell_forward`; one launch per time step."""
-    T, B, H4 = xp.shape
-    H, dt, dev = H4 // 4, w_hh.dtype, xp.device
+def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.Tensor,
+                  b_hh: torch.Tensor | None, cell: int):
+    """As ``lstm_cell._forward_loop``, one launch per step; ``b_hh`` (G·H,) for GRU / RNN (None: zeros)."""
+    T, B, GH = xp.shape
+    H, dt, dev = GH // GATES[cell], w_hh.dtype, xp.device
     y = new_buffer((T, B, H), dt, dev)
     c_all = new_buffer((T + 1, B, H), torch.float32, dev)
-    acts = new_buffer((T, B, H4), torch.float32, dev)
-    c_all[0] = c0
+    acts = new_buffer((T, B, SAVED[cell] * H), torch.float32, dev)
+    c_all[0] = s0
     grid, meta = _grid_and_meta(B, H, dt)
+    if cell != LSTM:
+        meta.update(CELL=cell, b_ptr=torch.zeros(GH, device=dev) if b_hh is None else b_hh.float().contiguous())
     w_hh = w_hh.contiguous()
     h_prev = h0.to(dt).contiguous()
     for t in range(T):
-        step_forward_kernel[grid](xp[t], h_prev, w_hh, c_all[t], y[t], c_all[t + 1], acts[t], B, H, H, **meta)
+        step_forward_kernel[grid](xp[t], h_prev, w_hh, c_all[t], y[t], c_all[t + 1],
+                                  acts[t] if SAVED[cell] else c_all[t + 1], B, H, H, **meta)
         h_prev = y[t]
     return y, c_all, acts
 
@@ -169,17 +220,44 @@ def step_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
     return y, c_all, acts
 
 
+def _backward_loop(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
+                   acts: torch.Tensor, cell: int):
+    """As ``lstm_cell._backward_loop``: ``(dG (T,B,W) dt, dh_rec (B,H) dt, ds (B,H) fp32)``."""
+    T, B, H = dy.shape
+    dt, dev, GH = w_hh.dtype, dy.device, GATES[cell] * H
+    width = 2 * GH if cell == GRU else GH
+    dG = new_buffer((T + 1, B, width), dt, dev)
+    dG[T].zero_()  # dG_{T} = 0: nothing flows back from beyond the last step
+    ds = ds_n.float().contiguous().clone()  # carried in place: must be our own contiguous buffer
+    grid, meta = _grid_and_meta(B, H, dt)
+    if cell != LSTM:
+        meta["CELL"] = cell
+    w_hh = w_hh.contiguous()
+    for t in range(T - 1, -1, -1):
+        step_backward_kernel[grid](dG[t + 1], w_hh, dy[t], ds, acts[t] if SAVED[cell] else dy[t], c_all[t + 1],
+                                   c_all[t], dG[t], B, H, **meta)
+    dh_rec = torch.mm(dG[0] if width == GH else dG[0, :, GH:], w_hh)
+    return dG[:T], dh_rec, ds
+
+
+def step_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+    """Same contract as :func:`lstm_cell.cell_forward`; one launch per time step."""
+    return _forward_loop(xp, h0, c0, w_hh, None, LSTM)
+
+
 def step_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
                   acts: torch.Tensor):
     """Same contract as :func:`lstm_cell.cell_backward`; one launch per time step."""
+    return _backward_loop(dy, dc_n, w_hh, c_all, acts, LSTM)
+
+
+def rnn_step_forward(xp: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None, cell: int):
+    """Same contract as :func:`lstm_cell.rnn_cell_forward`; one launch per time step."""
+    return _forward_loop(xp, h0, h0.float(), w_hh, b_hh, cell)
+
+
+def rnn_step_backward(dy: torch.Tensor, w_hh: torch.Tensor, h_all: torch.Tensor, acts: torch.Tensor, cell: int):
+    """Same contract as :func:`lstm_cell.rnn_cell_backward`; one launch per time step."""
     T, B, H = dy.shape
-    dt, dev = w_hh.dtype, dy.device
-    dG = new_buffer((T + 1, B, 4 * H), dt, dev)
-    dG[T].zero_()  # dG_{T} = 0: nothing flows back from beyond the last step
-    dc = dc_n.float().contiguous().clone()  # carried in place: must be our own contiguous buffer
-    grid, meta = _grid_and_meta(B, H, dt)
-    w_hh = w_hh.contiguous()
-    for t in range(T - 1, -1, -1):
-        step_backward_kernel[grid](dG[t + 1], w_hh, dy[t], dc, acts[t], c_all[t + 1], c_all[t], dG[t], B, H, **meta)
-    dh0 = torch.mm(dG[0], w_hh)
-    return dG[:T], dh0, dc
+    dG, dh_rec, direct = _backward_loop(dy, dy.new_zeros((B, H)), w_hh, h_all, acts, cell)
+    return dG, dh_rec.float() + direct

@@ -19,3 +19,7 @@ __all__ = [
 from .lstm import LSTM, lstm  # noqa: E402
 
 __all__ += ["LSTM", "lstm"]
+
+from .gru_rnn import GRU, RNN, gru, rnn  # noqa: E402
+
+__all__ += ["GRU", "RNN", "gru", "rnn"]

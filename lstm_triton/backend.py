@@ -67,8 +67,13 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> 
 
 
 def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, device: torch.device, *,
-                  arch: int | None = None, sms: int | None = None, projected: bool = False) -> str:
+                  arch: int | None = None, sms: int | None = None, projected: bool = False,
+                  cell: str = "LSTM") -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
+
+    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): GRU and RNN have the cell and step
+    levels; ``auto`` and ``persistent`` resolve to step for them (the persistent kernels compute the
+    LSTM cell only).
 
     ``projected`` (nn.LSTM's proj_size > 0): ``cell`` or ``step`` as asked; ``auto`` and
     ``persistent`` give ``step`` (the persistent kernel keeps an H-wide recurrent state on chip; the
@@ -79,6 +84,9 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
+    if cell != "LSTM" and requested in ("auto", "persistent"):
+        _debug("fusion %s -> step: %s has no persistent kernel (it computes the LSTM cell only)", requested, cell)
+        requested = "step"
     if projected:
         if requested in ("cell", "step"):
             return requested

@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .kernels import lstm_cell, lstm_persistent, lstm_step
+from .kernels.cell_math import GRU, RNN_RELU, RNN_TANH
 from .kernels.launch_config import (
     MAX_SPINS,
     SM_COUNT,
@@ -125,7 +126,17 @@ def count_mma_instructions(sass: str) -> int:
 def compile_build(build: KernelBuild, fn) -> KernelBuild:
     major = int(build.arch.removeprefix("sm_"))
     sig, attrs = _signature(fn, {v: k for k, v in TYPE.items()}[build.dtype])
-    src = ASTSource(fn, sig, constexprs=build.constexprs, attrs=attrs)
+    # ASTSource does not apply a constexpr's default (a launch does): an unset CELL would compile
+    # another branch than the launchers run.
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
+    consts = {**defaults, **build.constexprs}
+    if consts.get("CELL", 0) == 0:  # the LSTM's launches leave GRU/RNN-only pointers (b_ptr) at None
+        for idx, p in enumerate(fn.params):
+            if p.has_default and p.default is None:
+                sig[p.name] = "constexpr"
+                consts[p.name] = None
+                attrs.pop((idx,), None)
+    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
     options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
@@ -170,7 +181,9 @@ def planned_builds(arch: str) -> list[KernelBuild]:
     for cfg in reachable_pointwise_configs():
         for dt in TYPE:
             for name in ("cell_forward_kernel", "cell_backward_kernel"):
-                plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block}, cfg.num_warps, arch))
+                # CELL (cell_math.py) unset is the LSTM; GRU and the two plain RNNs are their own builds.
+                for cell in ({}, {"CELL": GRU}, {"CELL": RNN_TANH}, {"CELL": RNN_RELU}):
+                    plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block, **cell}, cfg.num_warps, arch))
     d2l_step, large_step = step_config(*D2L), step_config(*LARGE)
     for cfg, dt in reachable_step_configs():
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
@@ -179,6 +192,8 @@ def planned_builds(arch: str) -> list[KernelBuild]:
             for name in ("step_forward_kernel", "step_backward_kernel"):
                 flags = _shape_flags(name, dt, prec, consts, d2l_step, large_step, cfg)
                 plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, **flags))
+                for cell in (GRU, RNN_TANH, RNN_RELU):  # the rated shapes are the LSTM's: no flags
+                    plans.append(KernelBuild(name, "step", TYPE[dt], {**consts, "CELL": cell}, cfg.num_warps, arch))
     d2l_cfg = persistent_config(*D2L, arch=major)[0]
     large_cfg = persistent_config(*LARGE, arch=major)[0]
     choices = persistent_choices(major)

@@ -105,18 +105,21 @@ def _zero_length_rows(lengths: torch.Tensor, y: torch.Tensor, states, initial, b
     return y, states
 
 
-def torch_layer(x, h0, c0, weights: list, has_bias: bool, lengths: torch.Tensor):
+def torch_layer(x, states: tuple, weights: list, has_bias: bool, lengths: torch.Tensor, mode: str = "LSTM"):
     """One layer on torch's own kernel with ``lengths`` (the reference path of ``backend='torch'``):
-    ``x (T,B,I)``, ``h0, c0 (B,H)``, ``lengths (B,)`` -> ``(y (T,B,H), h_n, c_n (B,H))``."""
+    ``x (T,B,I)``, ``states`` (h0, c0) for the LSTM or (h0,) for GRU / RNN, each ``(B,·)``, ``lengths
+    (B,)``, ``mode`` nn.RNNBase.mode -> ``(y (T,B,H), final states tuple)``."""
     T = x.shape[0]
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), enforce_sorted=False)
     order, back = packed.sorted_indices, packed.unsorted_indices
-    hx = (h0.index_select(0, order)[None], c0.index_select(0, order)[None])
-    data, h, c = torch._VF.lstm(packed.data, packed.batch_sizes, hx, weights, has_bias, 1, 0.0, False, False)
+    hx = tuple(s.index_select(0, order)[None] for s in states)
+    fn = getattr(torch._VF, mode.lower())  # lstm, gru, rnn_tanh, rnn_relu
+    data, *finals = fn(packed.data, packed.batch_sizes, hx if mode == "LSTM" else hx[0], weights, has_bias, 1, 0.0,
+                       False, False)
     y, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, back), total_length=T)
-    y, (h, c) = _zero_length_rows(lengths, y, (h.index_select(1, back), c.index_select(1, back)),
-                                  (h0[None], c0[None]), batch_dim=1)
-    return y, h[0], c[0]
+    y, finals = _zero_length_rows(lengths, y, tuple(f.index_select(1, back) for f in finals),
+                                  tuple(s[None] for s in states), batch_dim=1)
+    return y, tuple(f[0] for f in finals)
 
 
 def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool):

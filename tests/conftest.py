@@ -28,3 +28,23 @@ def ieee_fp32_on_cuda():
         return
     with fp32_precision("ieee"):
         yield
+
+
+@pytest.fixture(params=["gpu-tiles", "interpreter-tiles"] if not torch.cuda.is_available() else ["gpu-tiles"])
+def tiles(request):
+    """Under the interpreter, run both the GPU's tile sizes and the interpreter's wide tiles."""
+    from lstm_triton.kernels.launch_config import use_gpu_tiles  # imported late: after TRITON_INTERPRET is set
+
+    use_gpu_tiles(request.param == "gpu-tiles")
+    yield request.param
+    use_gpu_tiles(False)
+
+
+@pytest.fixture
+def poisoned():
+    """Every kernel output starts as NaN, so an element a kernel forgets to write fails."""
+    from lstm_triton.kernels.buffers import set_poison
+
+    set_poison(True)
+    yield
+    set_poison(False)

@@ -53,22 +53,41 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs()).max())
 
 
+# Module configurations every layer class is checked in (compare_with_nn keyword arguments).
+MODULE_VARIANTS = {
+    "2-layers": dict(num_layers=2), "bidirectional": dict(bidirectional=True), "batch-first": dict(batch_first=True),
+    "unbatched": dict(unbatched=True), "no-bias": dict(bias=False), "no-state": dict(with_state=False),
+    "2-layers-bi-bf": dict(num_layers=2, bidirectional=True, batch_first=True),
+    "dropout-1": dict(num_layers=2, dropout=1.0, train=True),  # p=1 zeroes layer 1's output in both: deterministic
+}
+CELLS = {"LSTM": (nn.LSTM, "LSTM", {}), "GRU": (nn.GRU, "GRU", {}),
+         "RNN_TANH": (nn.RNN, "RNN", {"nonlinearity": "tanh"}), "RNN_RELU": (nn.RNN, "RNN", {"nonlinearity": "relu"})}
+
+
 def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
                     unbatched=False, bias=True, with_state=True, dtype=torch.float32, seed=0, dropout=0.0,
-                    train=False, layer_class=None, before_backward=None, proj_size=0):
+                    train=False, layer_class=None, before_backward=None, proj_size=0, cell="LSTM"):
     """Run both on the same weights/inputs/upstream grads; return {name: relative error}.
+
+    ``cell``: nn.RNNBase.mode of the layer pair (LSTM, GRU, RNN_TANH, RNN_RELU): nn's class in
+    float64 against lstm_triton's (GRU and RNN have the one state h: no c_n, d_c0).
 
     ``before_backward``: called between our forward and our backward (e.g. to break only the
     backward kernel in a negative control)."""
     gen = torch.Generator().manual_seed(seed)
     kwargs = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
                   dropout=dropout, proj_size=proj_size)
-    ref = nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    ref_class, ours_name, extra = CELLS[cell]
+    if cell != "LSTM":
+        del kwargs["proj_size"]
+    kwargs.update(extra)
+    ref = ref_class(I, H, dtype=torch.float64, **kwargs)
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
     if layer_class is None:
-        ours = lstm_triton.LSTM(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype, **kwargs)
+        ours = getattr(lstm_triton, ours_name)(I, H, fusion=fusion, backend="triton", device=DEVICE, dtype=dtype,
+                                               **kwargs)
     else:  # a baseline in the same precision, e.g. nn.LSTM in fp32
         ours = layer_class(I, H, device=DEVICE, dtype=dtype, **kwargs)
     ours.load_state_dict(ref.state_dict())
@@ -81,11 +100,14 @@ def compare_with_nn(fusion, T, B, I, H, *, num_layers=1, bidirectional=False, ba
     h_shape = s_shape[:-1] + (proj_size or H,)
     leaves64 = [torch.randn(x_shape, generator=gen, dtype=torch.float64)]
     if with_state:
-        leaves64 += [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in (h_shape, s_shape)]
+        shapes = (h_shape, s_shape) if cell == "LSTM" else (h_shape,)
+        leaves64 += [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
     leaves64 = [t.requires_grad_() for t in leaves64]
     leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in leaves64]
 
     def run(model, xs):
+        if cell != "LSTM":
+            return model(xs[0], xs[1] if with_state else None)
         out, (h, c) = model(xs[0], (xs[1], xs[2]) if with_state else None)
         return out, h, c
 

@@ -34,6 +34,9 @@ def test_every_launcher_configuration_compiles(builds, record_property):
     record_property("kernel_builds", table)
     assert set(builds["level"]) == {"cell", "step", "persistent"}
     assert set(builds["dtype"]) == {"fp32", "bf16", "fp16"}
+    # the cell and step kernels for every cell type (CELL unset: the LSTM; 1 GRU, 2 RNN_TANH, 3 RNN_RELU)
+    for level in ("cell", "step"):
+        assert {c.get("CELL", 0) for c in builds.loc[builds["level"] == level, "constexprs"]} == {0, 1, 2, 3}
     assert (builds["registers"] > 0).all() and (builds["registers"] <= 255).all()
     over = builds[builds["shared_bytes"] > SHARED_LIMIT[builds.attrs["arch"]]]
     assert over.empty, "shared memory over the per-block limit (launch would fail):\n" + over.to_string()

@@ -17,7 +17,7 @@ import lstm_triton
 from lstm_triton.kernels.buffers import set_poison
 from lstm_triton.kernels.launch_config import use_gpu_tiles
 
-from .helpers import DEVICE, TOL, assert_close, compare_with_nn, rel_err
+from .helpers import DEVICE, MODULE_VARIANTS, TOL, assert_close, compare_with_nn, rel_err
 from .multiprogram import concurrent_programs
 
 LEVELS = ["cell", "step", "persistent"]
@@ -41,14 +41,6 @@ SHAPES = {
     "B70-two-batch-tiles": (2, 70, 3, 20),
     "H300-several-wide-tiles": (2, 2, 3, 300),
 }
-
-
-@pytest.fixture(params=["gpu-tiles", "interpreter-tiles"] if DEVICE == "cpu" else ["gpu-tiles"])
-def tiles(request):
-    """Under the interpreter, run both the GPU's tile sizes and the interpreter's wide tiles."""
-    use_gpu_tiles(request.param == "gpu-tiles")
-    yield request.param
-    use_gpu_tiles(False)
 
 
 @pytest.mark.parametrize("fusion", LEVELS)
@@ -78,12 +70,7 @@ def test_persistent_falls_back_to_step_when_it_cannot_hold_the_shape(caplog):
 
 
 @pytest.mark.parametrize("fusion", LEVELS)
-@pytest.mark.parametrize("variant", [
-    dict(num_layers=2), dict(bidirectional=True), dict(batch_first=True), dict(unbatched=True),
-    dict(bias=False), dict(with_state=False), dict(num_layers=2, bidirectional=True, batch_first=True),
-    dict(num_layers=2, dropout=1.0, train=True),  # p=1 zeroes layer 1's output in both: deterministic
-], ids=["2-layers", "bidirectional", "batch-first", "unbatched", "no-bias", "no-state", "2-layers-bi-bf",
-        "dropout-1"])
+@pytest.mark.parametrize("variant", MODULE_VARIANTS.values(), ids=MODULE_VARIANTS.keys())
 def test_module_features_match_nn_lstm(fusion, variant):
     assert_close(compare_with_nn(fusion, 5, 3, 4, 12, **variant))
 

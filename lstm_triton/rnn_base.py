@@ -1,0 +1,274 @@
+"""What ``lstm_triton.LSTM``, ``GRU`` and ``RNN`` (and their functional forms) share: argument
+checks with nn's exception types and messages, autocast, devices and dtypes, the layers ×
+directions loop, PackedSequence and ``lengths``, and the ``fusion``/``backend`` choice.
+
+A module is ``FusedRNNMixin`` in front of its nn class (``class GRU(FusedRNNMixin, nn.GRU)``). The
+states travel as a tuple inside (LSTM: (h, c); GRU, RNN: (h,)); each class says how to run one
+layer on the kernels and how its states look to the user (:meth:`FusedRNNMixin._run_kernel_layer`,
+``_wrap``/``_unwrap`` and the rest of the hooks at the end of the class).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from . import packed
+from .backend import BACKENDS, FUSIONS, _debug, check_choice, choose_backend
+
+EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn's RuntimeError
+
+
+def _check_state(name: str, state: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Shape and device of one state tensor; RuntimeError with nn's message."""
+    if tuple(state.shape) != shape:
+        raise RuntimeError(f"Expected {name} size {shape}, got {list(state.shape)}")
+    if state.device != x.device:
+        raise RuntimeError(
+            "Input and hidden tensors are not at the same device, found input tensor at "
+            f"{x.device} and hidden tensor at {state.device}"
+        )
+
+
+def _check_parameter_devices(x: torch.Tensor, weights) -> None:
+    """nn's RuntimeError when a parameter is not on the input's device (checked before a
+    backend is chosen: the input's device alone does not decide where the layer can run)."""
+    for w in weights:
+        if w is not None and w.device != x.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{x.device} and parameter tensor at {w.device}"
+            )
+
+
+def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
+    """Every state and parameter in the input's dtype (after autocast's casts); RuntimeError otherwise."""
+    for name, t in states.items():
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{name} dtype ({t.dtype}) does not match input dtype ({x.dtype})")
+    for name, w in weights.items():
+        if w is not None and w.dtype != x.dtype:
+            raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
+
+
+def autocast_dtype(x: torch.Tensor, mode: str = "LSTM") -> torch.dtype | None:
+    """The dtype autocast gives an nn.LSTM (``mode``: nn.RNNBase.mode, the nn class) on ``x``'s
+    device, or None when autocast is off there or leaves that class alone.
+
+    CPU: the autocast dtype, except for GRU: ATen's CPU autocast list holds lstm, rnn_tanh and
+    rnn_relu but not gru (torch 2.13), so nn.GRU stays in its own dtype. CUDA: nn's RNNs run cuDNN,
+    whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the
+    autocast dtype, bf16 included.
+    """
+    kind = x.device.type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return None
+    if kind == "cpu" and mode == "GRU":
+        return None
+    if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+        return torch.float16
+    return torch.get_autocast_dtype(kind)
+
+
+def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype | None):
+    """nn.LSTM's autocast rule (ATen's lower-precision cast): every floating tensor except float64
+    goes to the autocast dtype; differentiable, so gradients come back in the tensor's own dtype."""
+    if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def _no_autocast(x: torch.Tensor, active: bool):
+    # The casts are done (``active``), or autocast leaves this class alone (GRU on CPU): torch's ops
+    # inside the layer must not cast (again), e.g. the projection's fp32 sum.
+    on = active or (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type))
+    return torch.autocast(x.device.type, enabled=False) if on else contextlib.nullcontext()
+
+
+def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Time reversal of ``x (T,B,*)``: whole rows, or each row within its own length."""
+    return x.flip(0) if lengths is None else packed.reverse_padded(x, lengths)
+
+
+def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_rows: int, fusion: str,
+                       backend: str, lengths, mode: str = "LSTM"):
+    """The checks and casts of a functional one-layer call after its shape checks.
+
+    ``weights``: name -> tensor or None ("weight_ih", "weight_hh", "bias_ih", "bias_hh", ...);
+    ``states``: name -> (tensor or None, expected shape); None becomes zeros. Checks devices, shapes,
+    T > 0 and dtypes (after autocast) with nn's errors; fills a missing bias of a pair with zeros
+    (``gate_rows`` long). Returns ``(input, states tuple, weights dict, backend, lengths, autocast on)``."""
+    _check_parameter_devices(input, weights.values())
+    filled = {}
+    for name, (t, shape) in states.items():
+        filled[name] = input.new_zeros(shape) if t is None else t
+        _check_state(name, filled[name], input, shape)
+    if input.shape[0] == 0:
+        raise RuntimeError(EMPTY_SEQUENCE)
+    ac = autocast_dtype(input, mode)
+    input = autocast_cast(input, ac)
+    filled = {k: autocast_cast(t, ac) for k, t in filled.items()}
+    weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
+    _check_dtypes(input, filled, weights)
+    if (weights["bias_ih"] is None) != (weights["bias_hh"] is None):
+        zero = torch.zeros(gate_rows, dtype=input.dtype, device=input.device)
+        weights["bias_ih"] = zero if weights["bias_ih"] is None else weights["bias_ih"]
+        weights["bias_hh"] = zero if weights["bias_hh"] is None else weights["bias_hh"]
+    chosen = choose_backend(backend, input.device, input.dtype)
+    if lengths is not None:
+        lengths = packed.check_lengths(lengths, input.shape[0], input.shape[1], input.device)
+    return input, tuple(filled.values()), weights, chosen, lengths, ac is not None
+
+
+class FusedRNNMixin:
+    """The forward of ``lstm_triton.LSTM``/``GRU``/``RNN`` in front of nn.LSTM/GRU/RNN (the MRO gives
+    ``super()`` the nn class). Extra keyword arguments ``fusion`` and ``backend``; ``forward``
+    takes ``lengths`` for padded input."""
+
+    def __init__(self, *args, fusion: str = "auto", backend: str = "auto", **kwargs):
+        check_choice("fusion", fusion, FUSIONS)
+        check_choice("backend", backend, BACKENDS)
+        super().__init__(*args, **kwargs)
+        self.fusion = fusion
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fusion={self.fusion!r}, backend={self.backend!r}"
+
+    def forward(self, input, hx=None, lengths=None):
+        """nn's ``forward``, plus ``lengths`` for padded input: a 1-D sequence of B integers in
+        [0, T] (see the functional form); the output stays padded (zeros past each length).
+        PackedSequence input gives PackedSequence output, as nn's."""
+        is_packed = isinstance(input, PackedSequence)
+        data = input.data if is_packed else input
+        if lengths is not None and (is_packed or data.dim() != 3):
+            raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
+                             "its own lengths)")
+        self._check_hx_count(hx)
+        if data.dtype != self.weight_ih_l0.dtype:
+            self.check_input(data, None)  # nn's own dtype error, before any backend talk
+        _check_parameter_devices(data, self._flat_weights)
+        ac = autocast_dtype(data, self.mode)
+        dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
+        backend = choose_backend(self.backend, data.device, dtype)
+        if lengths is not None:
+            batch_dim = 0 if self.batch_first else 1
+            lengths = packed.check_lengths(lengths, data.size(1 - batch_dim), data.size(batch_dim), data.device)
+        if backend == "triton" and not self._KERNELS_TAKE_LENGTHS and (is_packed or lengths is not None):
+            _debug("%s with lengths or a PackedSequence -> torch's kernel: %s", self.mode, self._NO_LENGTHS_REASON)
+            backend = "torch"
+        if backend == "torch":
+            if lengths is None:
+                return super().forward(input, hx)
+            if hx is None:
+                hx = self._unwrap(self._zero_states(data.size(0 if self.batch_first else 1), data))
+            nn_forward = super().forward
+
+            def forward_tuple(inp, states):  # the states as a tuple, whatever the nn class returns
+                out, final = nn_forward(inp, self._unwrap(states))
+                return out, self._wrap(final)
+
+            out, states = packed.torch_module_forward(forward_tuple, input, self._wrap(hx), lengths, self.batch_first)
+            return out, self._unwrap(states)
+        if is_packed:
+            padded, lengths = packed.unpack(input)
+            output, states = self._triton_forward(padded, hx, ac, lengths, batch_first=False)
+            return packed.repack(output, lengths, input), states
+        return self._triton_forward(input, hx, ac, lengths)
+
+    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None, batch_first=None):
+        # Argument checks mirror nn's forward, so errors have the same types and messages.
+        if input.dim() not in (2, 3):
+            raise ValueError(self._INPUT_DIM_ERROR.format(name=self.mode.split("_")[0], dim=input.dim()))
+        batched = input.dim() == 3
+        batch_first = self.batch_first if batch_first is None else batch_first
+        batch_dim = 0 if batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_dim)
+        B = input.size(batch_dim)
+        if hx is None:
+            states = self._zero_states(B, input)
+        else:
+            states = self._wrap(hx)
+            self._check_state_dims(states, batched)
+            if not batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+        self.check_forward_args(input, self._unwrap(states), None)
+        for i, (s, shape) in enumerate(zip(states, self._expected_state_sizes(input))):
+            _check_state(f"hidden[{i}]" if len(states) > 1 else "hidden", s, input, tuple(shape))
+        if input.size(1 - batch_dim) == 0:
+            raise RuntimeError(EMPTY_SEQUENCE)
+        # Autocast: nn's rule, every floating tensor but float64 in the autocast dtype.
+        input = autocast_cast(input, ac)
+        states = tuple(autocast_cast(s, ac) for s in states)
+        weights = {name: autocast_cast(getattr(self, name), ac) for name in self._flat_weights_names}
+        names = [f"hidden[{i}]" for i in range(len(states))] if len(states) > 1 else ["hidden"]
+        _check_dtypes(input, dict(zip(names, states)), weights)
+        with _no_autocast(input, ac is not None):
+            output, finals = self._layers(input.transpose(0, 1) if batch_first else input, states, weights, lengths)
+        output = output.transpose(0, 1) if batch_first else output
+        if not batched:
+            output = output.squeeze(batch_dim)
+            finals = tuple(f.squeeze(1) for f in finals)
+        return output, self._unwrap(finals)
+
+    def _layers(self, x: torch.Tensor, states: tuple, weights: dict, lengths=None):
+        """All layers and directions on time-major ``x (T,B,I)``; ``(y (T,B,D·H), finals)``, each final
+        state stacked over (L·D). With ``lengths (B,)`` the reverse direction starts at each row's own end."""
+        directions = 2 if self.bidirectional else 1
+        finals = [[] for _ in states]
+        for layer in range(self.num_layers):
+            outputs = []
+            for d in range(directions):
+                idx = layer * directions + d
+                sfx = f"_l{layer}{'_reverse' if d else ''}"
+                seq = _reverse(x, lengths) if d else x  # the reverse direction reads time backwards
+                y, last = self._run_kernel_layer(seq, tuple(s[idx] for s in states), weights, sfx, lengths)
+                outputs.append(_reverse(y, lengths) if d else y)
+                for acc, s in zip(finals, last):
+                    acc.append(s)
+            x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, tuple(torch.stack(acc) for acc in finals)
+
+    def _layer_weights(self, weights: dict, sfx: str):
+        """``(w_ih, w_hh, b_ih, b_hh)`` of one layer and direction (biases None without bias)."""
+        w_ih, w_hh = weights[f"weight_ih{sfx}"], weights[f"weight_hh{sfx}"]
+        b_ih, b_hh = (weights[f"bias_ih{sfx}"], weights[f"bias_hh{sfx}"]) if self.bias else (None, None)
+        return w_ih, w_hh, b_ih, b_hh
+
+    # ------------------------------------------------------------------ hooks of a single-state layer
+    # (GRU, RNN); the LSTM overrides them for its (h, c).
+    _KERNELS_TAKE_LENGTHS = True
+    _NO_LENGTHS_REASON = ""
+    _INPUT_DIM_ERROR = "{name}: Expected input to be 2D or 3D, got {dim}D instead"
+
+    def _check_hx_count(self, hx) -> None:
+        pass
+
+    def _wrap(self, hx) -> tuple:
+        return (hx,)
+
+    def _unwrap(self, states: tuple):
+        return states[0]
+
+    def _check_state_dims(self, states: tuple, batched: bool) -> None:
+        want = 3 if batched else 2
+        if states[0].dim() != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor")
+
+    def _expected_state_sizes(self, input: torch.Tensor) -> list:
+        return [self.get_expected_hidden_size(input, None)]
+
+    def _zero_states(self, B: int, like: torch.Tensor) -> tuple:
+        directions = 2 if self.bidirectional else 1
+        return (torch.zeros(self.num_layers * directions, B, self.hidden_size, dtype=like.dtype, device=like.device),)
+
+    def _run_kernel_layer(self, seq, states: tuple, weights: dict, sfx: str, lengths):
+        """One layer and direction on the kernels: ``(y (T,B,H), final states tuple)``."""
+        raise NotImplementedError
