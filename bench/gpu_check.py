@@ -42,7 +42,8 @@ from bench.machine import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_TESTS = ["tests/test_lstm_triton.py", "tests/test_lstm_math.py", "tests/test_lstm_api.py",
-              "tests/test_train_triton.py", "tests/test_persistent_multiprogram.py"]
+              "tests/test_train_triton.py", "tests/test_persistent_multiprogram.py", "tests/test_packed.py",
+              "tests/test_projection.py", "tests/test_gru_rnn.py", "tests/test_precision.py"]
 # Seconds per stage on a GPU (a bare machine compiles every kernel first: the tests get most).
 # The layers stage gave 30 s to the varlen stage (compiling at H=512 is most of varlen's time).
 # They add up to 400 s, plus the SASS stage's last wait (what is left of TOTAL_S): under the 455 s
