@@ -21,3 +21,17 @@ def test_cli_trains_with_triton(capsys, tmp_path):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("perplexity ")
+
+
+@pytest.mark.parametrize("fusion", ["cell", "step"])
+@pytest.mark.parametrize("cell, nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")],
+                         ids=["gru", "rnn-tanh", "rnn-relu"])
+def test_triton_gru_and_rnn_char_lms_train_like_nn_and_naive_for_20_steps(cell, nonlinearity, fusion):
+    """Issue 11's acceptance: from identical weights, naive, nn and each Triton level give the same
+    20-step losses (≤ 1e-4 relative) for GRU and the plain RNN."""
+    kwargs = dict(cell=cell, nonlinearity=nonlinearity)
+    ours = char_lm_losses("triton", fusion=fusion, device=DEVICE, **kwargs)
+    ref, naive = char_lm_losses("nn", **kwargs), char_lm_losses("naive", **kwargs)
+    assert ref[-1] < ref[0]
+    assert max_rel_diff(ours, ref) <= 1e-4, (ours - ref).abs().max()
+    assert max_rel_diff(naive, ref) <= 1e-4, (naive - ref).abs().max()
