@@ -326,7 +326,8 @@ def varlen_summary(df: pd.DataFrame) -> list[str]:
     if varlen.empty:
         return []
     first = varlen.iloc[0]
-    lines = [f"## Variable-length batches (B={first['B']}, I={first['I']}, H={first['H']}, lengths uniform in "
+    B, I, H = (int(first[k]) for k in ("B", "I", "H"))
+    lines = [f"## Variable-length batches (B={B}, I={I}, H={H}, lengths uniform in "
              "[T/4, T], seeded; tokens/s counts real tokens)", ""]
     table = varlen_table(df)
     if not table.empty:
