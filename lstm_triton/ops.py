@@ -94,9 +94,9 @@ def recurrence_backward(dy: Tensor, dc_n: Tensor, w_hh: Tensor, w_hr: Tensor | N
                 dc_n.to(torch.float32, copy=True), dw_hr)
     # dG may be a slice of a (T+1)-step buffer: it never reaches the user (the layer's backward
     # consumes it), so it is returned as is. dh0 and dc0 are fresh tensors.
-    level = _level(fusion, B, H, dt, dy.device, w_hr)
     if w_hr is not None:  # both levels (lstm_step.step_forward_projected says why)
         return cell_backward_projected(dy.contiguous(), dc_n, w_hh, w_hr, c_all, acts)
+    level = _level(fusion, B, H, dt, dy.device, None)
     return (*BACKWARD[level](dy.contiguous(), dc_n, w_hh, c_all, acts), no_dw_hr)
 
 
