@@ -8,7 +8,7 @@ tensor-core columns — one command, under 8 minutes on an H200, no network.
 Stages, each with a deadline (the deadlock guard: a hung kernel costs its stage, not the run):
 ``tests`` (this project's Triton tests on CUDA, pytest subprocess), ``race``, ``layers``, ``varlen``
 (variable-length batches: B=64, H=512, T=1024, lengths uniform in [256, 1024]) and ``e2e``
-(bench/gpu_stages.py, one subprocess each), and ``sass`` (lstm_triton.kernel_report for the
+(bench/gpu_stages.py, one subprocess each), and ``sass`` (lstm_triton.layers.kernel_report for the
 device's architecture, compiled on the CPU in the background while the others run).
 
 Writes into --out (default ``$OUT`` or results/gpu; at most 8 files): tests.log, checks.json

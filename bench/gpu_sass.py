@@ -1,4 +1,4 @@
-"""The GPU check's SASS stage: ``python -m lstm_triton.kernel_report --arch ARCH --json`` for the
+"""The GPU check's SASS stage: ``python -m lstm_triton.layers.kernel_report --arch ARCH --json`` for the
 device's own architecture (sm_90 when there is no GPU or the report does not know the device's),
 started in the background, and the rows it marks as the d2l and large configurations.
 
@@ -43,7 +43,8 @@ class SassReport:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         self._stdout = open(out_json, "w")
         # niced: it compiles on every core while the CUDA tests compile their kernels too
-        self.proc = subprocess.Popen([sys.executable, "-m", "lstm_triton.kernel_report", "--arch", arch, "--json"],
+        cmd = [sys.executable, "-m", "lstm_triton.layers.kernel_report", "--arch", arch, "--json"]
+        self.proc = subprocess.Popen(cmd,
                                      stdout=self._stdout, stderr=subprocess.PIPE, text=True, env=env,
                                      preexec_fn=lambda: os.nice(10), start_new_session=True)
 

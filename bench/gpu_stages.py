@@ -18,7 +18,7 @@ deadline still leaves what it measured):
   and each one's largest error (output, h_n, c_n, every gradient) against float64 nn.LSTM on the
   PackedSequence (nn padded: its output at real steps only).
 - ``e2e``: the d2l char LM for a few epochs per implementation from identical weights
-  (``lstm_triton.train.Trainer``): median epoch tokens/s and perplexity.
+  (``lstm_triton.charlm.train.Trainer``): median epoch tokens/s and perplexity.
 
 ``--smoke`` runs every stage at tiny sizes on the CPU (Triton under the interpreter: correctness
 runs, not timings).
@@ -232,7 +232,7 @@ def stage_varlen(parts: Path, device, smoke: bool) -> None:
 
 
 def stage_e2e(parts: Path, device, smoke: bool) -> None:
-    from lstm_triton.train import TrainConfig, Trainer
+    from lstm_triton.charlm.train import TrainConfig, Trainer
 
     sizes = SMOKE_E2E_SIZES if smoke else {}
     for label, impl, fusion, epochs in SMOKE_E2E if smoke else GPU_E2E:

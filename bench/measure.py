@@ -10,7 +10,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from lstm_triton.train import clip_gradients
+from lstm_triton.charlm.train import clip_gradients
 
 
 def synchronize(device: torch.device) -> None:
@@ -102,7 +102,7 @@ def check_against_reference(layer, mode, T, B, I, H, device, dtype, weights_key)
 
 def nn_layout_grads(layer: nn.Module) -> dict[str, torch.Tensor]:
     """Weight gradients under nn.LSTM's names, also for the naive layer's separate matrices."""
-    from lstm_triton.naive import NN_ORDER, NaiveLSTM
+    from lstm_triton.charlm.naive import NN_ORDER, NaiveLSTM
 
     if not isinstance(layer, NaiveLSTM):
         return {f"d_{k}": p.grad for k, p in layer.named_parameters()}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import lstm_triton
-from lstm_triton.impls import layer_from_weights
+from lstm_triton.charlm.impls import layer_from_weights
 from lstm_triton.kernels.launch_config import interpreter_on
 
 PROVIDERS = ("naive", "nn", "triton-cell", "triton-step", "triton-persistent")
@@ -34,7 +34,7 @@ def status(provider: str, device: torch.device, dtype: torch.dtype) -> ProviderS
     if not provider.startswith("triton"):
         return ProviderStatus(True, False)
     fusion = IMPL_OF[provider][1]
-    if fusion not in lstm_triton.backend.FUSIONS:
+    if fusion not in lstm_triton.layers.backend.FUSIONS:
         return ProviderStatus(False, False, f"fusion level '{fusion}' is not implemented yet")
     if device.type == "cuda":
         return ProviderStatus(True, False)

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.providers import IMPL_OF, status
-from lstm_triton.model import predict
-from lstm_triton.train import TrainConfig, Trainer
+from lstm_triton.charlm.model import predict
+from lstm_triton.charlm.train import TrainConfig, Trainer
 
 PPL_TOLERANCE = 0.01
 PREFIXES = ("time traveller", "traveller")

@@ -1,4 +1,11 @@
-"""lstm-triton: a fused Triton LSTM, a drop-in for torch.nn.LSTM, and the d2l char-LM around it.
+"""lstm-triton: fused Triton LSTM, GRU and RNN layers (drop-ins for torch.nn's), and the d2l char-LM around them.
+
+The package holds two halves:
+
+``lstm_triton.layers``  the layers: modules, functional forms, torch.library operators and autograd
+                        over the kernels in ``lstm_triton.kernels``, the backend and fusion choice
+``lstm_triton.charlm``  the d2l application: Time Machine data, char-LM model, naive baselines,
+                        training loop, checkpoints, CLI (``lstm-triton``)
 
 >>> import lstm_triton
 >>> layer = lstm_triton.LSTM(28, 256)          # same arguments and weights as torch.nn.LSTM
@@ -6,20 +13,12 @@
 
 __version__ = "0.1.0"
 
-from .data import CharData  # noqa: E402
-from .model import CharLM, predict  # noqa: E402
-from .naive import NaiveLSTM, from_nn_lstm, to_nn_lstm  # noqa: E402
-from .train import TrainConfig, Trainer, train  # noqa: E402
+from .charlm import CharData, CharLM, NaiveLSTM, TrainConfig, Trainer, from_nn_lstm, predict, to_nn_lstm  # noqa: E402,I001
+from .charlm.train import train  # noqa: E402
+from .layers import GRU, LSTM, RNN, gru, lstm, rnn  # noqa: E402
 
 __all__ = [
+    "GRU", "LSTM", "RNN", "gru", "lstm", "rnn",
     "CharData", "CharLM", "NaiveLSTM", "Trainer", "TrainConfig", "__version__",
     "from_nn_lstm", "predict", "to_nn_lstm", "train",
 ]
-
-from .lstm import LSTM, lstm  # noqa: E402
-
-__all__ += ["LSTM", "lstm"]
-
-from .gru_rnn import GRU, RNN, gru, rnn  # noqa: E402
-
-__all__ += ["GRU", "RNN", "gru", "rnn"]

@@ -26,9 +26,9 @@ def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int
     """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches;
     the per-step losses. Weights depend only on ``seed`` (and the cell), so every impl starts
     identical. ``prepare(model)``, if given, runs on the model before training."""
-    from lstm_triton.impls import build_char_lm
-    from lstm_triton.model import detach_state
-    from lstm_triton.train import clip_gradients
+    from lstm_triton.charlm.impls import build_char_lm
+    from lstm_triton.charlm.model import detach_state
+    from lstm_triton.charlm.train import clip_gradients
 
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 28, (8, 12), generator=gen) for _ in range(steps + 1)]

@@ -19,7 +19,7 @@ SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory p
 @pytest.fixture(scope="module", params=["sm_80", "sm_90"])
 def builds(request):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "lstm_triton.kernel_report", "--arch", request.param, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "lstm_triton.layers.kernel_report", "--arch", request.param, "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.DataFrame(json.loads(proc.stdout.splitlines()[-1]))
@@ -97,7 +97,7 @@ def test_no_spills_at_the_d2l_shape(builds):
 
 
 def test_useful_mac_fraction_counts_padding():
-    from lstm_triton.kernel_report import useful_mac_fraction
+    from lstm_triton.layers.kernel_report import useful_mac_fraction
 
     # the tiles these shapes ran before: a 64-row batch tile at d2l, K padded to 1024 at H=768
     old_d2l = {"BLOCK_B": 64, "BLOCK_H": 16, "BLOCK_K": 256}
@@ -111,7 +111,7 @@ def test_useful_mac_fraction_counts_padding():
 
 
 def test_mma_count_reads_sass_opcodes():
-    from lstm_triton.kernel_report import count_mma_instructions
+    from lstm_triton.layers.kernel_report import count_mma_instructions
 
     sass = """
         /*0a70*/                   HMMA.1684.F32.TF32 R20, R4, R16, R20 ;

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import lstm_triton
-from lstm_triton.impls import build_char_lm, layer_from_weights, portable_state_dict
-from lstm_triton.model import detach_state, predict
+from lstm_triton.charlm.impls import build_char_lm, layer_from_weights, portable_state_dict
+from lstm_triton.charlm.model import detach_state, predict
 
 from .helpers import char_lm_losses, max_rel_diff, rel_err
 
@@ -88,7 +88,7 @@ def test_cell_layers_states_and_d2l_hidden_size(cell, nonlinearity, hidden):
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_predict_continues_the_prefix(cell):
-    from lstm_triton.data import CharData
+    from lstm_triton.charlm.data import CharData
 
     vocab = CharData.load(4, 5, 200, 0, False).vocab
     model = build_char_lm("naive", len(vocab), 8, cell=cell)
@@ -115,39 +115,12 @@ def test_layer_from_weights_refuses_weights_of_another_cell():
         layer_from_weights("nn", nn.LSTM(5, 8).state_dict(), cell="gru")
 
 
-@pytest.mark.parametrize("cell,name", [("gru", "GRU"), ("rnn", "RNN")])
-def test_triton_without_the_triton_layer_names_what_is_missing(cell, name, monkeypatch):
-    monkeypatch.delattr(lstm_triton, name, raising=False)  # as in this version
-    with pytest.raises(ValueError, match=rf"impl 'triton' for cell '{cell}' needs lstm_triton\.{name}, "
-                                         "which is not available in this version") as info:
-        build_char_lm("triton", 28, 8, cell=cell)
-    assert "\n" not in str(info.value)
-
-
-class _FakeTritonGRU(nn.GRU):
-    """Stands in for lstm_triton.GRU: nn.GRU's constructor plus the Triton layer's two arguments."""
-
-    def __init__(self, *args, fusion="auto", backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fusion, self.backend = fusion, backend
-
-
-class _FakeTritonRNN(nn.RNN):
-    def __init__(self, *args, fusion="auto", backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fusion, self.backend = fusion, backend
-
-
-@pytest.mark.parametrize("cell,nonlinearity,name,fake", [
-    ("gru", "tanh", "GRU", _FakeTritonGRU), ("rnn", "relu", "RNN", _FakeTritonRNN),
-], ids=["gru", "rnn-relu"])
-def test_a_triton_layer_slots_in_through_one_lookup(cell, nonlinearity, name, fake, monkeypatch):
-    """Once lstm_triton.GRU / RNN exist, impl 'triton' builds them (backend forced to triton, the
-    fusion passed on, the RNN's nonlinearity too) and trains exactly like nn from the same seed."""
-    monkeypatch.setattr(lstm_triton, name, fake, raising=False)
+@pytest.mark.parametrize("cell,nonlinearity,name", [("gru", "tanh", "GRU"), ("rnn", "relu", "RNN")],
+                         ids=["gru", "rnn-relu"])
+def test_impl_triton_builds_the_triton_layer(cell, nonlinearity, name):
+    """impl 'triton' builds lstm_triton.GRU / RNN with the backend forced to triton, the fusion
+    passed on, the RNN's nonlinearity too, and d2l's frozen recurrent bias."""
     model = build_char_lm("triton", 28, 8, cell=cell, nonlinearity=nonlinearity, fusion="step")
-    assert type(model.rnn) is fake and model.rnn.backend == "triton" and model.rnn.fusion == "step"
+    assert type(model.rnn) is getattr(lstm_triton, name)
+    assert model.rnn.backend == "triton" and model.rnn.fusion == "step"
     assert model.mode == model.rnn.mode.lower() and not model.rnn.bias_hh_l0.requires_grad
-    ours = char_lm_losses("triton", steps=5, cell=cell, nonlinearity=nonlinearity)
-    ref = char_lm_losses("nn", steps=5, cell=cell, nonlinearity=nonlinearity)
-    assert max_rel_diff(ours, ref) <= 1e-4

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import lstm_triton
-from lstm_triton.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lstm_triton.cli import main
-from lstm_triton.train import TrainConfig, Trainer
+from lstm_triton.charlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lstm_triton.charlm.cli import main
+from lstm_triton.charlm.train import TrainConfig, Trainer
 
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=8, max_tokens=600, val_tokens=200)
 TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "8", "--max-tokens", "600",

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lstm_triton.cli import main
+from lstm_triton.charlm.cli import main
 
 TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "8", "--max-tokens", "600",
         "--val-tokens", "200", "--no-progress", "--num-preds", "5"]

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from lstm_triton.data import (
+from lstm_triton.charlm.data import (
     TIME_MACHINE_SHA256,
     CharData,
     CorpusError,
@@ -12,7 +12,7 @@ from lstm_triton.data import (
     read_lines,
     sequential_iter,
 )
-from lstm_triton.data import corpus as corpus_module
+from lstm_triton.charlm.data import corpus as corpus_module
 
 
 def test_time_machine_corpus_matches_d2l():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lstm_triton
-import lstm_triton.ops as ops
+import lstm_triton.layers.ops as ops
 
 from .helpers import DEVICE, rel_err
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lstm_triton
-from lstm_triton.autograd import differentiable_backward
+from lstm_triton.layers.autograd import differentiable_backward
 
 from .helpers import DEVICE, rel_err
 
@@ -80,7 +80,7 @@ def test_the_differentiable_backward_is_the_kernels_backward():
 
 def test_an_ordinary_backward_runs_the_kernel_backward(monkeypatch):
     """Without create_graph the backward operator (the kernels) runs, not the torch recomputation."""
-    import lstm_triton.autograd as ag
+    import lstm_triton.layers.autograd as ag
 
     monkeypatch.setattr(ag, "differentiable_backward", lambda *a: pytest.fail("took the torch path"))
     layer = lstm_triton.LSTM(3, 5, fusion="cell", backend="triton", device=DEVICE)

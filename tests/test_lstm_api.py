@@ -107,7 +107,7 @@ def test_bad_input_raises_what_nn_lstm_raises(case):
     (32, 256, torch.float32, 8, 108, "persistent"),
 ], ids=["d2l-sm90", "large-bf16-sm90", "large-fp32-sm90", "B128", "B288", "H2048", "large-bf16-sm80", "d2l-sm80"])
 def test_auto_fusion_choice_on_gpus(B, H, dtype, arch, sms, expected, caplog):
-    from lstm_triton.backend import choose_fusion
+    from lstm_triton.layers.backend import choose_fusion
 
     with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
         chosen = choose_fusion("auto", B, H, dtype, torch.device("cuda"), arch=arch, sms=sms)

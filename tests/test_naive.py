@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from lstm_triton.naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
+from lstm_triton.charlm.naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
 
 from .helpers import char_lm_losses, max_rel_diff, rel_err
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lstm_triton.naive_cells import (
+from lstm_triton.charlm.naive_cells import (
     NaiveGRU,
     NaiveRNN,
     from_nn_gru,

@@ -14,7 +14,7 @@ from torch.func import functional_call, grad, jacrev, vjp
 from torch.library import opcheck
 
 import lstm_triton
-from lstm_triton.impls import build_char_lm
+from lstm_triton.charlm.impls import build_char_lm
 
 from .helpers import DEVICE, rel_err
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from lstm_triton.checkpoint import CheckpointError, atomic_write
-from lstm_triton.impls import build_char_lm
-from lstm_triton.model import predict
-from lstm_triton.train import METRIC_COLUMNS, TrainConfig, Trainer, clip_gradients
+from lstm_triton.charlm.checkpoint import CheckpointError, atomic_write
+from lstm_triton.charlm.impls import build_char_lm
+from lstm_triton.charlm.model import predict
+from lstm_triton.charlm.train import METRIC_COLUMNS, TrainConfig, Trainer, clip_gradients
 
 SMALL = dict(hidden_size=32, batch_size=8, num_steps=10, max_tokens=2000, val_tokens=400, lr=1.0)
 
@@ -44,7 +44,7 @@ def _host_read_clip(model, theta):
 
 def test_device_side_clipping_trains_exactly_as_the_host_read_version(monkeypatch):
     """3 epochs at the d2l shape: the losses of the sync-free step equal the old ones (≤ 1e-6)."""
-    train_mod = importlib.import_module("lstm_triton.train")  # the module (lstm_triton.train is also a function)
+    train_mod = importlib.import_module("lstm_triton.charlm.train")
     cfg = TrainConfig(impl="nn", epochs=3, seed=1)
     now = Trainer(cfg, "cpu").fit()["train_loss"]
     monkeypatch.setattr(train_mod, "clip_gradients", _host_read_clip)

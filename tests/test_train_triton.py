@@ -2,7 +2,7 @@
 
 import pytest
 
-from lstm_triton.cli import main
+from lstm_triton.charlm.cli import main
 
 from .helpers import DEVICE, char_lm_losses, max_rel_diff
 

@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..kernels.launch_config import interpreter_on
 from .cells import CELLS, DEFAULT_HIDDEN, cell_mode
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import CharData
-from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict, triton_class
-from .kernels.launch_config import interpreter_on
+from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict
 from .model import CharLM, detach_state
 
 METRIC_COLUMNS = [
@@ -130,8 +130,6 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(device)
-        if cfg.impl == "triton":
-            triton_class(cfg.mode)  # a cell without a Triton layer yet: say so before anything else
         if cfg.impl == "triton" and self.device.type != "cuda" and not interpreter_on():
             raise ValueError(f"impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to interpret the kernels "
                              f"on the CPU, slowly); the device here is {self.device}")

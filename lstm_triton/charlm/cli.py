@@ -10,7 +10,7 @@ import io
 import math
 import sys
 
-from . import __version__
+from .. import __version__
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
 from .data import CorpusError
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return run_train(args)
         if args.command == "kernels":
-            from .kernel_report import main as report
+            from ..layers.kernel_report import main as report
 
             return report(["--arch", args.arch] + (["--json"] if args.json else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels.cell_math import CELL_IDS, GATES, GRU, RNN_RELU
 from .autograd import _needs_graph
 from .backend import _debug
-from .kernels.cell_math import CELL_IDS, GATES, GRU, RNN_RELU
 
 
 def rnn_setup_context(ctx, inputs, output) -> None:

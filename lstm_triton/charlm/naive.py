@@ -11,7 +11,7 @@ input, states of shape ``(1, B, H)``) so that a model can swap one for the other
 (``weight_ih_l0 (4H×I)``, ``weight_hh_l0 (4H×H)`` with gate rows [i, f, g, o], two biases).
 
 The GRU and the plain RNN (d2l's ``gru_scratch`` / ``rnn_scratch``) live in
-:mod:`lstm_triton.naive_cells`, with ``to_nn_weights`` / ``from_nn_weights`` for any of the three.
+:mod:`lstm_triton.charlm.naive_cells`, with ``to_nn_weights`` / ``from_nn_weights`` for any of the three.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
     (empty without a projection).
 
 ``fusion`` is the requested level (auto / cell / step / persistent), resolved inside each operator
-by :func:`lstm_triton.backend.choose_fusion` from (B, H, dtype, device): the decision (which reads
+by :func:`lstm_triton.layers.backend.choose_fusion` from (B, H, dtype, device): the decision (which reads
 the GPU's properties) runs, and is logged, when the operator runs — also in a compiled graph or an
 exported program — and forward and backward resolve it identically.
 Each operator has a fake (meta) implementation with symbolic shapes, so ``torch.compile`` traces a
@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels.lstm_cell import cell_backward, cell_backward_projected, cell_forward, cell_forward_projected
+from ..kernels.lstm_persistent import persistent_backward, persistent_forward
+from ..kernels.lstm_step import step_backward, step_forward, step_forward_projected
 from .backend import FUSIONS, choose_fusion
-from .kernels.lstm_cell import cell_backward, cell_backward_projected, cell_forward, cell_forward_projected
-from .kernels.lstm_persistent import persistent_backward, persistent_forward
-from .kernels.lstm_step import step_backward, step_forward, step_forward_projected
 
 FORWARD = {"cell": cell_forward, "step": step_forward, "persistent": persistent_forward}
 BACKWARD = {"cell": cell_backward, "step": step_backward, "persistent": persistent_backward}

@@ -10,7 +10,7 @@
     dy (T,B,H) fp32 already holding dL/dh_n in its last step; dG (T,B,W) dt: GRU W = 6H (input-side
     pre-activation grads r, z, n, then recurrent-side ones), RNN W = H (both sides); dh0 (B,H) fp32.
 
-``fusion`` is resolved by :func:`lstm_triton.backend.choose_fusion`: GRU and RNN run at the cell or
+``fusion`` is resolved by :func:`lstm_triton.layers.backend.choose_fusion`: GRU and RNN run at the cell or
 step level (``auto`` and ``persistent`` resolve to step, logged; bf16 under the interpreter to
 cell). Fake implementations give symbolic shapes (torch.compile, export).
 ValueError for an unknown ``mode`` or ``fusion``.
@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels.cell_math import CELL_IDS, GATES, GRU, SAVED
+from ..kernels.lstm_cell import rnn_cell_backward, rnn_cell_forward
+from ..kernels.lstm_step import rnn_step_backward, rnn_step_forward
 from .backend import choose_fusion
-from .kernels.cell_math import CELL_IDS, GATES, GRU, SAVED
-from .kernels.lstm_cell import rnn_cell_backward, rnn_cell_forward
-from .kernels.lstm_step import rnn_step_backward, rnn_step_forward
 from .ops import _check_fusion, _owned
 
 MODES = ("GRU", "RNN_TANH", "RNN_RELU")

@@ -3,7 +3,7 @@ and report registers, spills, shared memory and tensor-core (MMA) instructions, 
 fraction of the multiply-adds the tiles compute at the d2l and large shapes (no GPU needed:
 ptxas and cuobjdump ship in the triton wheel).
 
-    python -m lstm_triton.kernel_report --arch sm_90 [--json]
+    python -m lstm_triton.layers.kernel_report --arch sm_90 [--json]
 
 Must run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled); the CLI and the
 tests call it in a subprocess for that reason.
@@ -26,9 +26,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .kernels import lstm_cell, lstm_persistent, lstm_step
-from .kernels.cell_math import GRU, RNN_RELU, RNN_TANH
-from .kernels.launch_config import (
+from ..kernels import lstm_cell, lstm_persistent, lstm_step
+from ..kernels.cell_math import GRU, RNN_RELU, RNN_TANH
+from ..kernels.launch_config import (
     MAX_SPINS,
     SM_COUNT,
     dot_precision,

@@ -24,7 +24,7 @@ class CorpusError(ValueError):
 
 
 def _shipped_corpus_bytes() -> bytes:
-    data = resources.files("lstm_triton.data").joinpath("timemachine.txt").read_bytes()
+    data = resources.files("lstm_triton.charlm.data").joinpath("timemachine.txt").read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != TIME_MACHINE_SHA256:
         raise CorpusError(

@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from .kernels.launch_config import interpreter_on, persistent_config
+from ..kernels.launch_config import interpreter_on, persistent_config
 
 log = logging.getLogger("lstm_triton")
 

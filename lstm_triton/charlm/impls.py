@@ -1,11 +1,10 @@
 """The one place that turns an implementation name and a cell into a recurrent layer for the char LM.
 
-``naive``  d2l's scratch layers, one Python step per time step (lstm_triton.naive / naive_cells)
+``naive``  d2l's scratch layers, one Python step per time step (lstm_triton.charlm.naive / naive_cells)
 ``nn``     torch.nn.LSTM / GRU / RNN (cuDNN on GPU, ATen on CPU)
-``triton`` our fused Triton kernels: lstm_triton.LSTM (``fusion`` picks the level), and for the
-           other cells lstm_triton.GRU / lstm_triton.RNN once they exist (:func:`triton_class`)
+``triton`` our fused Triton layers lstm_triton.LSTM / GRU / RNN (``fusion`` picks the level)
 
-Cells: ``lstm``, ``gru``, ``rnn`` (``nonlinearity`` tanh or relu), see :mod:`lstm_triton.cells`.
+Cells: ``lstm``, ``gru``, ``rnn`` (``nonlinearity`` tanh or relu), see :mod:`lstm_triton.charlm.cells`.
 
 Every implementation starts from the same weights for the same seed: the canonical weights are
 drawn once in d2l's scratch layout (``randn * 0.01``, zero biases, d2l's draw order) and converted
@@ -23,11 +22,11 @@ does not have (its candidate bias ``b_h`` is outside the reset product, i.e. nn.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import nn
 
+from ..layers.gru_rnn import GRU, RNN
+from ..layers.lstm import LSTM
 from .cells import DEFAULT_HIDDEN, GATES, cell_mode, nn_class, nn_kwargs
 from .model import CharLM
 from .naive_cells import NAIVE_TYPES, from_nn_weights, new_naive, to_nn_weights
@@ -35,24 +34,13 @@ from .naive_cells import NAIVE_TYPES, from_nn_weights, new_naive, to_nn_weights
 IMPLS = ("naive", "nn", "triton")
 INITS = ("seed", "torch")
 
-# The lstm_triton class that runs each mode on the Triton kernels.
-TRITON_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+# The lstm_triton layer that runs each mode on the Triton kernels.
+TRITON_CLASSES: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN, "rnn_relu": RNN}
 
 
 def triton_class(mode: str) -> type[nn.Module]:
-    """The Triton layer class for ``mode`` (``lstm_triton.LSTM``, ``.GRU`` or ``.RNN``).
-
-    ValueError (one line) when this version of the package does not have it yet.
-    """
-    package = importlib.import_module(__package__)  # looked up at call time: GRU/RNN land later
-    name = TRITON_CLASSES[mode]
-    cls = getattr(package, name, None)
-    if cls is None:
-        available = sorted({m.split("_")[0] for m, n in TRITON_CLASSES.items() if hasattr(package, n)})
-        raise ValueError(f"impl 'triton' for cell '{mode.split('_')[0]}' needs lstm_triton.{name}, which is not "
-                         f"available in this version (triton cells here: {', '.join(available) or 'none'}; "
-                         f"impl naive and nn run every cell)")
-    return cls
+    """The Triton layer class for ``mode`` (``lstm_triton.LSTM``, ``.GRU`` or ``.RNN``)."""
+    return TRITON_CLASSES[mode]
 
 
 def _nn_layer_weights(mode: str, vocab_size: int, hidden_size: int, init: str) -> dict[str, torch.Tensor]:
@@ -111,8 +99,6 @@ def build_char_lm(
         hidden_size = DEFAULT_HIDDEN[cell]
     if vocab_size <= 0 or hidden_size <= 0:
         raise ValueError(f"vocab_size and hidden_size must be positive, got {vocab_size}, {hidden_size}")
-    if impl == "triton":
-        triton_class(mode)  # fail before drawing any weights
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

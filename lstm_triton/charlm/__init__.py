@@ -1,0 +1,18 @@
+"""The application half: d2l's character-level language model on The Time Machine.
+
+``data/``                      corpus loading, vocabulary, d2l's random and sequential iterators
+``cells.py``                   the cell types (lstm, gru, rnn) and d2l's per-cell settings
+``naive.py`` / ``naive_cells.py``  d2l's scratch LSTM / GRU / RNN (the ``naive`` baselines)
+``impls.py``                   implementation name + cell -> recurrent layer, from identical weights
+``model.py``                   the char LM (one-hot -> recurrent layer -> linear) and ``predict``
+``train.py`` / ``checkpoint.py``  the training loop (perplexity, tokens/s) and its checkpoints
+``cli.py``                     the ``lstm-triton`` command
+"""
+
+from .data import CharData
+from .model import CharLM, predict
+from .naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
+from .train import TrainConfig, Trainer
+
+# ``train`` the function stays at lstm_triton.train: here it would hide the module lstm_triton.charlm.train
+__all__ = ["CharData", "CharLM", "NaiveLSTM", "TrainConfig", "Trainer", "from_nn_lstm", "predict", "to_nn_lstm"]

@@ -1,0 +1,15 @@
+"""The layers half: ``LSTM``, ``GRU``, ``RNN`` (drop-ins for torch.nn's) and their functional forms.
+
+``lstm.py`` / ``gru_rnn.py``          the modules and functional forms
+``rnn_base.py``                       what the three modules share: checks, autocast, layers, directions
+``ops.py`` / ``rnn_ops.py``           torch.library operators over the kernel launchers
+``autograd.py`` / ``rnn_autograd.py`` their autograd, and the differentiable torch backward
+``backend.py``                        the one place that picks the backend (triton / torch) and fusion level
+``packed.py``                         PackedSequence and ``lengths=`` on the fused recurrence
+``kernel_report.py``                  ahead-of-time sm_80 / sm_90 builds: registers, spills, shared memory
+"""
+
+from .gru_rnn import GRU, RNN, gru, rnn
+from .lstm import LSTM, lstm
+
+__all__ = ["GRU", "LSTM", "RNN", "gru", "lstm", "rnn"]
