@@ -169,8 +169,9 @@ PERSISTENT_BATCH_TILES = (16, 32)  # rows per program: 16 for B ≤ 16, else 32 
 INTERPRETER_MAX_BATCH = 64  # interpreter tiles: one program, so all rows in one tile
 # Shared memory a persistent program may use, by compute-capability major: an H100/H200 block gets
 # at most 227 KB, an A100 block 163 KB; keep a margin. The compiler stages the W_hh slice and the
-# h (or dG) operand tile there: estimate = (4·K·BLOCK_H + BLOCK_B·K)·elt + 4 KB with
-# K = BLOCK_K + BLOCK_K2, which matches what the AOT report reads from the cubins (lstm-triton kernels).
+# h (or dG) operand tile there: estimate = (G·K·BLOCK_H + BLOCK_B·K)·elt + 4 KB with
+# K = BLOCK_K + BLOCK_K2 and G the cell's gate blocks (LSTM 4, GRU 3, RNN 1), which matches what the
+# AOT report reads from the cubins (lstm-triton kernels).
 SHARED_BUDGET = {8: 160 * 1024, 9: 220 * 1024}
 SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (AOT enumeration)
 
@@ -178,8 +179,8 @@ SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (
 @dataclass(frozen=True)
 class PersistentConfig:
     """Program (p, q) of a ``(cdiv(H, BLOCK_H), cdiv(B, BLOCK_B))`` grid owns hidden units
-    ``p*BLOCK_H …`` (all four gates) of batch rows ``q*BLOCK_B …``. Its W_hh slice is held as four
-    (BLOCK_K × BLOCK_H) tiles plus, when ``block_k2 > 0``, four (BLOCK_K2 × BLOCK_H) tiles for
+    ``p*BLOCK_H …`` (all G gates: LSTM 4, GRU 3, RNN 1) of batch rows ``q*BLOCK_B …``. Its W_hh slice
+    is held as G (BLOCK_K × BLOCK_H) tiles plus, when ``block_k2 > 0``, G (BLOCK_K2 × BLOCK_H) tiles for
     reduction indices BLOCK_K … BLOCK_K + BLOCK_K2 − 1: tensor sizes must be powers of two, so
     two pieces cover H = 768 as 512 + 256 where one would pad it to 1024. Each piece is cut into
     ``split_k`` chunks along the reduction, a leading tensor axis: the dots are batched over the
@@ -225,11 +226,15 @@ def _device_limits(device) -> tuple[int, int, int | None]:
     return props.major, props.multi_processor_count, (optin - 7 * 1024) if optin else None
 
 
-def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *,
-                      arch: int | None = None, sms: int | None = None) -> tuple[PersistentConfig | None, str]:
+def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *, arch: int | None = None,
+                      sms: int | None = None, gates: int = 4) -> tuple[PersistentConfig | None, str]:
     """The persistent launch for (B, H, dtype), or ``(None, reason)`` when it cannot hold it.
 
-    Tiles: one program per 16 hidden units (all four gates): the most programs, the smallest W
+    ``gates``: the cell's gate blocks of W_hh (cell_math.GATES: LSTM 4, GRU 3, RNN 1), which sets
+    the W slice a program keeps on chip, hence the shared memory and the warps; the same rule
+    decides for every cell type.
+
+    Tiles: one program per 16 hidden units (all its gates): the most programs, the smallest W
     slice. Batch tiles of 16 rows for B ≤ 16, else 32 rows, as many as B needs along the grid's
     second axis (the d2l B = 32 runs one unpadded 32-row tile; B = 70 runs three). Not 64 rows:
     B ≤ 64 always fits as two 32-row tiles (≤ 128 programs), which halves each program's work
@@ -269,7 +274,7 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     if n_h * n_b > sms:
         return None, (f"B={batch}, H={hidden}: {n_h} hidden slices × {n_b} batch tiles = {n_h * n_b} programs, "
                       f"over the {sms} SMs that must hold the whole grid at once (grid barrier)")
-    w_bytes = 4 * reduction * block_h * elt
+    w_bytes = gates * reduction * block_h * elt
     shared = w_bytes + block_b * reduction * elt + 4096
     if shared > budget:
         return None, (f"W_hh slice ({w_bytes // 1024} KB, K={reduction}) and operand tile need ~{shared // 1024} KB "
@@ -281,9 +286,10 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
         f"~{shared // 1024} KB shared memory each")
 
 
-def persistent_choices(arch: int) -> dict[tuple[PersistentConfig, torch.dtype], int]:
+def persistent_choices(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], int]:
     """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch`` (with
-    its default SM count), mapped to the largest grid (programs) it is launched with.
+    its default SM count) for a cell of ``gates`` gate blocks, mapped to the largest grid
+    (programs) it is launched with.
 
     Exact, not sampled: the config depends on B only through B ≤ 16 (one 16-row tile) or not
     (32-row tiles), and on H through its reduction tiles; B only adds batch tiles, up to
@@ -295,14 +301,14 @@ def persistent_choices(arch: int) -> dict[tuple[PersistentConfig, torch.dtype], 
         for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
             n_h = triton.cdiv(h, PERSISTENT_BLOCK_H)
             for b in (16, 32 * (sms // n_h)):  # the largest batch of each tile size that fits
-                cfg, _ = persistent_config(b, h, dt, arch=arch, sms=sms)
+                cfg, _ = persistent_config(b, h, dt, arch=arch, sms=sms, gates=gates)
                 if cfg is not None:
                     programs = n_h * triton.cdiv(b, cfg.block_b)
                     choices[(cfg, dt)] = max(programs, choices.get((cfg, dt), 0))
     return choices
 
 
-def reachable_persistent_configs(arch: int) -> list[tuple[PersistentConfig, torch.dtype]]:
+def reachable_persistent_configs(arch: int, gates: int = 4) -> list[tuple[PersistentConfig, torch.dtype]]:
     """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch``."""
-    return sorted(persistent_choices(arch), key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b,
+    return sorted(persistent_choices(arch, gates), key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b,
                                                             cd[0].block_h))

@@ -1,14 +1,15 @@
 """Fusion level "persistent": ONE launch runs the whole sequence.
 
 Program (p, q) of the ``(cdiv(H, BLOCK_H), cdiv(B, BLOCK_B))`` grid owns hidden units
-``p*BLOCK_H … p*BLOCK_H + BLOCK_H − 1`` (all four gates of them) of batch rows
+``p*BLOCK_H … p*BLOCK_H + BLOCK_H − 1`` (all gates of them) of batch rows
 ``q*BLOCK_B … q*BLOCK_B + BLOCK_B − 1``. It loads its slice of W_hh once, before the time loop,
-and keeps it on chip (the compiler places it in registers / shared memory); c stays in
-registers. Each step it reads its rows of the full h_{t-1} (written by every program of its batch
-tile in the previous step) from global memory, computes its gates, writes its slice of h_t, and
-waits at a barrier (release-add on a counter, acquire-spin until all programs arrived) before
-step t+1. Batch tiles never read each other's rows, so each has its own counter and the barrier
-only waits for the ``cdiv(H, BLOCK_H)`` programs of its tile.
+and keeps it on chip (the compiler places it in registers / shared memory); the fp32 state (the
+LSTM's c, GRU's and the plain RNN's h) stays in registers. Each step it reads its rows of the full
+h_{t-1} (written by every program of its batch tile in the previous step) from global memory,
+computes its gates, writes its slice of h_t, and waits at a barrier (release-add on a counter,
+acquire-spin until all programs arrived) before step t+1. Batch tiles never read each other's
+rows, so each has its own counter and the barrier only waits for the ``cdiv(H, BLOCK_H)``
+programs of its tile.
 
 The barrier requires every program to be resident at once: the launcher keeps the grid at or
 below the SM count (one program per SM). Under the interpreter programs run one after another,
@@ -19,8 +20,16 @@ The H-long reduction runs over one power-of-two piece of BLOCK_K indices, plus, 
 BLOCK_K2 > 0, a second piece of BLOCK_K2 (``tl.arange`` sizes are powers of two: H = 768 is
 512 + 256 instead of 1024 with a quarter masked off).
 Forward W slice, gate q:  W_hh[q*H + units, k]ᵀ  (K × BLOCK_H) per piece
-Backward W slice, gate q: W_hh[q*H + k, units]   (K × BLOCK_H) per piece, reduction over all 4H rows
+Backward W slice, gate q: W_hh[q*H + k, units]   (K × BLOCK_H) per piece, reduction over all G·H rows
 Buffers as in lstm_step, except ``hbuf (T+1, B, H) dt`` = [h0, h_1 … h_T] (y is ``hbuf[1:]``).
+
+One skeleton per direction for every cell type, as at the cell and step levels: ``CELL``
+(cell_math.py: 0 LSTM, 1 GRU, 2 RNN_TANH, 3 RNN_RELU) is a compile-time constant, G = 4, 3, 1 gate
+blocks of W_hh are kept on chip, and each type compiles to its own gates alone (the LSTM's machine
+code is what it was before GRU and RNN joined). GRU and RNN: ``b_ptr`` is b_hh (G·H,) fp32, added
+to the recurrent product (GRU's b_hn inside r ⊙ (·)); the "c" buffers hold h_t in fp32; GRU's
+backward carries the direct part z ⊙ dh of dh_{t-1} where the LSTM carries dc, and reads the
+recurrent side [dr, dz, dn⊙r] of its (·, 6H) gradient rows.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cell_math as cm
 from .buffers import new_buffer
+from .cell_math import GATES, GRU, LSTM, SAVED
 from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config, persistent_grid
-from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward
+from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
 CHECK_BARRIER_ON_HOST = os.environ.get("LSTM_TRITON_CHECK_BARRIER", "") not in ("", "0")
 
@@ -62,12 +73,16 @@ def grid_barrier(counter_ptr, target, flag_ptr, budget):
 
 
 @triton.jit
-def load_gate_tiles(tile_ptr, gate_stride, mask):
-    """The four gate blocks [i, f, g, o] of W_hh at ``tile_ptr + q*gate_stride`` (masked, 0 outside)."""
+def load_gate_tiles(tile_ptr, gate_stride, mask, NG: tl.constexpr = 4):
+    """The NG gate blocks of W_hh at ``tile_ptr + q*gate_stride`` (masked, 0 outside): LSTM
+    [i, f, g, o], GRU [r, z, n], RNN its one gate; the slots past NG repeat the first (unused)."""
     w_i = tl.load(tile_ptr, mask=mask, other=0.0)
-    w_f = tl.load(tile_ptr + gate_stride, mask=mask, other=0.0)
-    w_g = tl.load(tile_ptr + 2 * gate_stride, mask=mask, other=0.0)
-    w_o = tl.load(tile_ptr + 3 * gate_stride, mask=mask, other=0.0)
+    w_f, w_g, w_o = w_i, w_i, w_i
+    if NG >= 3:
+        w_f = tl.load(tile_ptr + gate_stride, mask=mask, other=0.0)
+        w_g = tl.load(tile_ptr + 2 * gate_stride, mask=mask, other=0.0)
+    if NG == 4:
+        w_o = tl.load(tile_ptr + 3 * gate_stride, mask=mask, other=0.0)
     return w_i, w_f, w_g, w_o
 
 
@@ -80,41 +95,53 @@ def chunked_k(K0: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def gate_dots(a, w_i, w_f, w_g, w_o, acc_i, acc_f, acc_g, acc_o, PRECISION: tl.constexpr):
-    """acc_q += a @ w_q for the four gates, chunk by chunk (batched dots, fp32 accumulation)."""
+def gate_dots(a, w_i, w_f, w_g, w_o, acc_i, acc_f, acc_g, acc_o, PRECISION: tl.constexpr, NG: tl.constexpr = 4):
+    """acc_q += a @ w_q for the NG gates, chunk by chunk (batched dots, fp32 accumulation)."""
     acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION)
-    acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION)
-    acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION)
-    acc_o = tl.dot(a, w_o, acc_o, input_precision=PRECISION)
+    if NG >= 3:
+        acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION)
+        acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION)
+    if NG == 4:
+        acc_o = tl.dot(a, w_o, acc_o, input_precision=PRECISION)
     return acc_i, acc_f, acc_g, acc_o
 
 
 @triton.jit(do_not_specialize=["T"])  # one compiled kernel for every sequence length
 def persistent_forward_kernel(
-    xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,4H) fp32, (4H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
+    xp_ptr, w_ptr, hbuf_ptr, c_all_ptr, act_ptr,  # (T,B,G·H) fp32, (G·H,H) dt, (T+1,B,H) dt, (T+1,B,H) fp32, (T,B,4H)
     counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
+    b_ptr=None,  # (G·H,) fp32 b_hh: GRU, RNN
+    CELL: tl.constexpr = 0,
 ):
+    NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)  # gates: rows of W_hh in units of H
+    NS: tl.constexpr = 4 if CELL <= 1 else 0  # saved activations per step, units of H (cell_math.SAVED)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, unit_ok = rows < B, units < H
     # W_hh[q*H + unit, k] as (chunk, k, unit) tiles: loaded once, reused every step
     kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
     w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw, H * H,
-                                         (kw < H) & unit_ok[None, None, :])
+                                         (kw < H) & unit_ok[None, None, :], NG)
     h_cols, h_mask = rows[None, :, None] * H + ka, row_ok[None, :, None] & (ka < H)
     if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
         kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
         v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + units[None, None, :] * H + kw2, H * H,
-                                             (kw2 < H) & unit_ok[None, None, :])
+                                             (kw2 < H) & unit_ok[None, None, :], NG)
         h2_cols, h2_mask = rows[None, :, None] * H + ka2, row_ok[None, :, None] & (ka2 < H)
     w_ty = w_ptr.dtype.element_ty
 
     mask = row_ok[:, None] & unit_ok[None, :]
     state = rows[:, None] * H + units[None, :]
-    gate = rows[:, None] * 4 * H + units[None, :]
+    gate = rows[:, None] * NG * H + units[None, :]  # xp columns (LSTM: also the saved activations')
+    if CELL != 0:  # b_hh per gate, added to the recurrent product every step
+        b_r = tl.load(b_ptr + units, mask=unit_ok, other=0.0)[None, :]
+        if CELL == 1:
+            b_z = tl.load(b_ptr + H + units, mask=unit_ok, other=0.0)[None, :]
+            b_n = tl.load(b_ptr + 2 * H + units, mask=unit_ok, other=0.0)[None, :]
+            saved = rows[:, None] * 4 * H + units[None, :]  # r, z, n, hn
     c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
     counter_ptr += tl.program_id(1)  # this batch tile's counter
     n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
@@ -125,72 +152,99 @@ def persistent_forward_kernel(
         # .cg: read h from L2, never from this SM's (non-coherent) L1: other programs wrote it.
         h = tl.load(h_prev + h_cols, mask=h_mask, other=0.0, cache_modifier=".cg").to(w_ty)
         zero = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
-        ai, af, ag, ao = gate_dots(h, w_i, w_f, w_g, w_o, zero, zero, zero, zero, PRECISION)
+        ai, af, ag, ao = gate_dots(h, w_i, w_f, w_g, w_o, zero, zero, zero, zero, PRECISION, NG)
         if BLOCK_K2 > 0:
             h2 = tl.load(h_prev + h2_cols, mask=h2_mask, other=0.0, cache_modifier=".cg").to(w_ty)
-            ai, af, ag, ao = gate_dots(h2, v_i, v_f, v_g, v_o, ai, af, ag, ao, PRECISION)
+            ai, af, ag, ao = gate_dots(h2, v_i, v_f, v_g, v_o, ai, af, ag, ao, PRECISION, NG)
         # the chunks' partial sums (one chunk per warp on a GPU) add up across warps here
-        gi = tl.sum(ai, axis=0) + tl.load(xp_t + gate, mask=mask, other=0.0)
-        gf = tl.sum(af, axis=0) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
-        gg = tl.sum(ag, axis=0) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
-        go = tl.sum(ao, axis=0) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
-        i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c)
+        if CELL == 0:
+            gi = tl.sum(ai, axis=0) + tl.load(xp_t + gate, mask=mask, other=0.0)
+            gf = tl.sum(af, axis=0) + tl.load(xp_t + gate + H, mask=mask, other=0.0)
+            gg = tl.sum(ag, axis=0) + tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0)
+            go = tl.sum(ao, axis=0) + tl.load(xp_t + gate + 3 * H, mask=mask, other=0.0)
+            i, f, g, o, c, h_new = lstm_pointwise_forward(gi, gf, gg, go, c)
+        elif CELL == 1:
+            hn = tl.sum(ag, axis=0) + b_n
+            r, z, n, c = cm.gru_pointwise_forward(
+                tl.load(xp_t + gate, mask=mask, other=0.0), tl.load(xp_t + gate + H, mask=mask, other=0.0),
+                tl.load(xp_t + gate + 2 * H, mask=mask, other=0.0), tl.sum(ai, axis=0) + b_r,
+                tl.sum(af, axis=0) + b_z, hn, c)
+            h_new = c
+        else:
+            c = cm.rnn_pointwise_forward(tl.sum(ai, axis=0) + tl.load(xp_t + gate, mask=mask, other=0.0) + b_r,
+                                         CELL == 3)
+            h_new = c
         h_prev += B * H
         c_t += B * H
         tl.store(h_prev + state, h_new.to(hbuf_ptr.dtype.element_ty), mask=mask)
         tl.store(c_t + state, c, mask=mask)
-        tl.store(act_t + gate, i, mask=mask)
-        tl.store(act_t + gate + H, f, mask=mask)
-        tl.store(act_t + gate + 2 * H, g, mask=mask)
-        tl.store(act_t + gate + 3 * H, o, mask=mask)
-        xp_t += 4 * B * H
-        act_t += 4 * B * H
+        if CELL == 0:
+            tl.store(act_t + gate, i, mask=mask)
+            tl.store(act_t + gate + H, f, mask=mask)
+            tl.store(act_t + gate + 2 * H, g, mask=mask)
+            tl.store(act_t + gate + 3 * H, o, mask=mask)
+        elif CELL == 1:
+            store_gate_blocks(act_t, saved, H, r, z, n, hn, mask)
+        xp_t += NG * B * H
+        act_t += NS * B * H
         budget = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, budget)
 
 
 @triton.jit
-def recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION: tl.constexpr):
-    """acc + dG_{t+1}[rows, q*H + k] @ W_hh[q*H + k, units] summed over the gates q, for the k
+def recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION: tl.constexpr,
+                   NG: tl.constexpr = 4):
+    """acc + dG_{t+1}[rows, q*H + k] @ W_hh[q*H + k, units] summed over the NG gates q, for the k
     of one reduction piece, chunk by chunk: one gate block at a time (a load, then its dot), so
     only one operand tile is live at once."""
     a = tl.load(dg_next + a_cols, mask=a_mask, other=0.0, cache_modifier=".cg")
     acc = tl.dot(a, w_i, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_cols + H, mask=a_mask, other=0.0, cache_modifier=".cg")
-    acc = tl.dot(a, w_f, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_cols + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
-    acc = tl.dot(a, w_g, acc, input_precision=PRECISION)
-    a = tl.load(dg_next + a_cols + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
-    return tl.dot(a, w_o, acc, input_precision=PRECISION)
+    if NG >= 3:
+        a = tl.load(dg_next + a_cols + H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        acc = tl.dot(a, w_f, acc, input_precision=PRECISION)
+        a = tl.load(dg_next + a_cols + 2 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        acc = tl.dot(a, w_g, acc, input_precision=PRECISION)
+    if NG == 4:
+        a = tl.load(dg_next + a_cols + 3 * H, mask=a_mask, other=0.0, cache_modifier=".cg")
+        acc = tl.dot(a, w_o, acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit(do_not_specialize=["T"])
 def persistent_backward_kernel(
     # Pointers to the LAST slot of each buffer (computed on the host in 64 bits), walked backwards:
     dy_last_ptr, act_last_ptr, c_last_ptr, dg_last_ptr,  # dy[T-1] fp32, acts[T-1] fp32, c_all[T] fp32, dG[T] dt (= 0)
-    w_ptr,  # (4H,H) dt
-    dc_ptr,  # (B,H) fp32: dL/dc_T in, dL/dc_0 out
+    w_ptr,  # (G·H,H) dt
+    dc_ptr,  # (B,H) fp32: dL/dc_T in, dL/dc_0 out (GRU: the direct part z ⊙ dh of dh_T in, of dh_0 out)
     counter_ptr, flag_ptr,  # int32 barrier counters (one per batch tile, zeroed), int32 timeout flag
     T, B, H,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     MAX_SPINS: tl.constexpr, BLOCK_K2: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
+    CELL: tl.constexpr = 0,
 ):
+    NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)  # gates: rows of W_hh in units of H
+    NS: tl.constexpr = 4 if CELL <= 1 else 0  # saved activations per step, units of H (cell_math.SAVED)
+    WIDTH: tl.constexpr = 6 if CELL == 1 else NG  # dG row length in units of H (GRU: input side, recurrent side)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     units = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, unit_ok = rows < B, units < H
     # W_hh[q*H + k, unit] as (chunk, k, unit) tiles, kept for the whole loop
     kw, ka = chunked_k(0, BLOCK_K // SPLIT, SPLIT)
     w_i, w_f, w_g, w_o = load_gate_tiles(w_ptr + kw * H + units[None, None, :], H * H,
-                                         (kw < H) & unit_ok[None, None, :])
-    a_cols, a_mask = rows[None, :, None] * 4 * H + ka, row_ok[None, :, None] & (ka < H)
+                                         (kw < H) & unit_ok[None, None, :], NG)
+    a_cols, a_mask = rows[None, :, None] * WIDTH * H + ka, row_ok[None, :, None] & (ka < H)
     if BLOCK_K2 > 0:  # the second reduction piece, k = BLOCK_K … BLOCK_K + BLOCK_K2 − 1
         kw2, ka2 = chunked_k(BLOCK_K, BLOCK_K2 // SPLIT, SPLIT)
         v_i, v_f, v_g, v_o = load_gate_tiles(w_ptr + kw2 * H + units[None, None, :], H * H,
-                                             (kw2 < H) & unit_ok[None, None, :])
-        a2_cols, a2_mask = rows[None, :, None] * 4 * H + ka2, row_ok[None, :, None] & (ka2 < H)
+                                             (kw2 < H) & unit_ok[None, None, :], NG)
+        a2_cols, a2_mask = rows[None, :, None] * WIDTH * H + ka2, row_ok[None, :, None] & (ka2 < H)
+    if CELL == 1:  # dh_{t} comes from the recurrent side [dr, dz, dn⊙r] of dG_{t+1}
+        a_cols += 3 * H
+        if BLOCK_K2 > 0:
+            a2_cols += 3 * H
 
     mask = row_ok[:, None] & unit_ok[None, :]
     state = rows[:, None] * H + units[None, :]
-    gate = rows[:, None] * 4 * H + units[None, :]
+    gate = rows[:, None] * WIDTH * H + units[None, :]
     dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
     out_ty = dg_last_ptr.dtype.element_ty
     counter_ptr += tl.program_id(1)  # this batch tile's counter
@@ -200,24 +254,35 @@ def persistent_backward_kernel(
     for step in range(T):
         # dh = dy_t + dG_{t+1} @ W_hh[:, units]: chunk partial sums, added across warps by tl.sum
         acc = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc = recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION)
+        acc = recurrent_grad(dg_next, a_cols, a_mask, w_i, w_f, w_g, w_o, acc, H, PRECISION, NG)
         if BLOCK_K2 > 0:
-            acc = recurrent_grad(dg_next, a2_cols, a2_mask, v_i, v_f, v_g, v_o, acc, H, PRECISION)
+            acc = recurrent_grad(dg_next, a2_cols, a2_mask, v_i, v_f, v_g, v_o, acc, H, PRECISION, NG)
         dh = tl.sum(acc, axis=0) + tl.load(dy_t + state, mask=mask, other=0.0)
-        i = tl.load(act_t + gate, mask=mask, other=0.0)
-        f = tl.load(act_t + gate + H, mask=mask, other=0.0)
-        g = tl.load(act_t + gate + 2 * H, mask=mask, other=0.0)
-        o = tl.load(act_t + gate + 3 * H, mask=mask, other=0.0)
-        c = tl.load(c_t + state, mask=mask, other=0.0)
-        c_prev = tl.load(c_t - B * H + state, mask=mask, other=0.0)
-        dgi, dgf, dgg, dgo, dc = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
-        dg_next -= 4 * B * H  # now dG_t, the slot this step writes
-        tl.store(dg_next + gate, dgi.to(out_ty), mask=mask)
-        tl.store(dg_next + gate + H, dgf.to(out_ty), mask=mask)
-        tl.store(dg_next + gate + 2 * H, dgg.to(out_ty), mask=mask)
-        tl.store(dg_next + gate + 3 * H, dgo.to(out_ty), mask=mask)
+        if CELL == 0:
+            i = tl.load(act_t + gate, mask=mask, other=0.0)
+            f = tl.load(act_t + gate + H, mask=mask, other=0.0)
+            g = tl.load(act_t + gate + 2 * H, mask=mask, other=0.0)
+            o = tl.load(act_t + gate + 3 * H, mask=mask, other=0.0)
+            c = tl.load(c_t + state, mask=mask, other=0.0)
+            c_prev = tl.load(c_t - B * H + state, mask=mask, other=0.0)
+            dgi, dgf, dgg, dgo, dc = lstm_pointwise_backward(dh, dc, i, f, g, o, c, c_prev)
+            dg_next -= 4 * B * H  # now dG_t, the slot this step writes
+            tl.store(dg_next + gate, dgi.to(out_ty), mask=mask)
+            tl.store(dg_next + gate + H, dgf.to(out_ty), mask=mask)
+            tl.store(dg_next + gate + 2 * H, dgg.to(out_ty), mask=mask)
+            tl.store(dg_next + gate + 3 * H, dgo.to(out_ty), mask=mask)
+        elif CELL == 1:  # dc carries z_{t+1} ⊙ dh_{t+1}, the direct part of dh_t
+            dr, dz, dn, dn_rec, dc = cm.gru_backward_from_saved(
+                dh + dc, act_t, rows[:, None] * 4 * H + units[None, :], H,
+                tl.load(c_t - B * H + state, mask=mask, other=0.0), mask)
+            dg_next -= 6 * B * H
+            cm.gru_store_grads(dg_next, gate, H, dr, dz, dn, dn_rec, mask)
+        else:
+            dpre = cm.rnn_pointwise_backward(dh, tl.load(c_t + state, mask=mask, other=0.0), CELL == 3)
+            dg_next -= B * H
+            tl.store(dg_next + state, dpre.to(out_ty), mask=mask)
         dy_t -= B * H
-        act_t -= 4 * B * H
+        act_t -= NS * B * H
         c_t -= B * H
         budget = grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, budget)
     tl.store(dc_ptr + state, dc, mask=mask)
@@ -226,15 +291,17 @@ def persistent_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device):
+def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device, cell: int = LSTM):
     """(grid, meta) for a persistent launch; ValueError naming the reason when it cannot run."""
-    cfg, reason = persistent_config(B, H, dtype, device)
+    cfg, reason = persistent_config(B, H, dtype, device, gates=GATES[cell])
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2, SPLIT=cfg.split_k,
                 PRECISION=dot_precision(dtype), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
                 # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
                 num_stages=1)
+    if cell != LSTM:  # the LSTM launches exactly as before GRU/RNN joined
+        meta["CELL"] = cell
     if COOPERATIVE_LAUNCH:  # the driver refuses a grid whose programs cannot all be resident
         meta["launch_cooperative_grid"] = True
     return persistent_grid(B, H, cfg), meta
@@ -258,37 +325,70 @@ def _check_barrier(flag: torch.Tensor) -> None:
     torch._assert_async(flag == 0, "lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
 
 
-def persistent_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
-    """Same contract as :func:`lstm_step.step_forward`; one launch for all T steps."""
-    T, B, H4 = xp.shape
-    H, dt, dev = H4 // 4, w_hh.dtype, xp.device
-    grid, meta = _launch_meta(B, H, dt, dev)
+def _forward(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+             cell: int):
+    """One launch for all T steps of any cell type: ``xp (T,B,G·H) fp32``, ``h0 (B,H)``, ``s0 (B,H)``
+    the first fp32 state (LSTM: c0; GRU, RNN: h0), ``w_hh (G·H,H) dt``, ``b_hh (G·H,)`` (GRU, RNN; None:
+    zeros). Returns ``y (T,B,H) dt`` (a view of h_0..h_T), ``s_all (T+1,B,H) fp32``, ``acts (T,B,S·H) fp32``."""
+    T, B, GH = xp.shape
+    H, dt, dev = GH // GATES[cell], w_hh.dtype, xp.device
+    grid, meta = _launch_meta(B, H, dt, dev, cell)
     hbuf = new_buffer((T + 1, B, H), dt, dev)
     c_all = new_buffer((T + 1, B, H), torch.float32, dev)
-    acts = new_buffer((T, B, H4), torch.float32, dev)
+    acts = new_buffer((T, B, SAVED[cell] * H), torch.float32, dev)
     hbuf[0] = h0
-    c_all[0] = c0
+    c_all[0] = s0
+    if cell != LSTM:
+        meta["b_ptr"] = torch.zeros(GH, device=dev) if b_hh is None else b_hh.float().contiguous()
     counters, flag = _sync_buffers(grid, dev)
-    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts, counters, flag,
-                                    T, B, H, **meta)
+    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts if SAVED[cell] else c_all,
+                                    counters, flag, T, B, H, **meta)
     _check_barrier(flag[0])
     return hbuf[1:], c_all, acts
+
+
+def _backward(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor, acts: torch.Tensor,
+              cell: int):
+    """Reverse of :func:`_forward`, one launch; ``ds_n (B,H) fp32`` seeds the carried fp32 state grad
+    (LSTM: dc; GRU: the direct z ⊙ dh part of dh; RNN: unused). Returns ``dG (T,B,W) dt`` (W = G·H,
+    GRU 6H: input then recurrent side), ``dh_rec (B,H) dt`` = recurrent side of step 0 @ W_hh, ``ds``."""
+    T, B, H = dy.shape
+    dt, dev, GH = w_hh.dtype, dy.device, GATES[cell] * H
+    width = 2 * GH if cell == GRU else GH
+    grid, meta = _launch_meta(B, H, dt, dev, cell)
+    dG = new_buffer((T + 1, B, width), dt, dev)
+    dG[T].zero_()
+    dc = ds_n.float().contiguous().clone()  # carried in and out: must be our own contiguous buffer
+    counters, flag = _sync_buffers(grid, dev)
+    w_hh = w_hh.contiguous()
+    dy = dy.contiguous()
+    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1] if SAVED[cell] else dy[T - 1], c_all[T], dG[T], w_hh, dc,
+                                     counters, flag, T, B, H, **meta)
+    _check_barrier(flag[0])
+    dh0 = torch.mm(dG[0] if width == GH else dG[0, :, GH:], w_hh)
+    return dG[:T], dh0, dc
+
+
+def persistent_forward(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+    """Same contract as :func:`lstm_step.step_forward`; one launch for all T steps."""
+    return _forward(xp, h0, c0, w_hh, None, LSTM)
 
 
 def persistent_backward(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
                         acts: torch.Tensor):
     """Same contract as :func:`lstm_step.step_backward`; one launch for all T steps."""
+    return _backward(dy, dc_n, w_hh, c_all, acts, LSTM)
+
+
+def rnn_persistent_forward(xp: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+                           cell: int):
+    """Same contract as :func:`lstm_cell.rnn_cell_forward` (GRU, RNN); one launch for all T steps."""
+    return _forward(xp, h0, h0.float(), w_hh, b_hh, cell)
+
+
+def rnn_persistent_backward(dy: torch.Tensor, w_hh: torch.Tensor, h_all: torch.Tensor, acts: torch.Tensor,
+                            cell: int):
+    """Same contract as :func:`lstm_cell.rnn_cell_backward`; one launch for all T steps."""
     T, B, H = dy.shape
-    dt, dev = w_hh.dtype, dy.device
-    grid, meta = _launch_meta(B, H, dt, dev)
-    dG = new_buffer((T + 1, B, 4 * H), dt, dev)
-    dG[T].zero_()
-    dc = dc_n.float().contiguous().clone()  # dL/dc_T in, dL/dc_0 out
-    counters, flag = _sync_buffers(grid, dev)
-    w_hh = w_hh.contiguous()
-    dy = dy.contiguous()
-    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1], c_all[T], dG[T], w_hh, dc, counters, flag,
-                                     T, B, H, **meta)
-    _check_barrier(flag[0])
-    dh0 = torch.mm(dG[0], w_hh)
-    return dG[:T], dh0, dc
+    dG, dh_rec, direct = _backward(dy, dy.new_zeros((B, H)), w_hh, h_all, acts, cell)
+    return dG, dh_rec.float() + direct

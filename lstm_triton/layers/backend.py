@@ -17,6 +17,7 @@ import logging
 
 import torch
 
+from ..kernels.cell_math import CELL_IDS, GATES
 from ..kernels.launch_config import interpreter_on, persistent_config
 
 log = logging.getLogger("lstm_triton")
@@ -71,9 +72,8 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
                   cell: str = "LSTM") -> str:
     """Resolve ``fusion`` for one layer call of shape (batch, hidden).
 
-    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): GRU and RNN have the cell and step
-    levels; ``auto`` and ``persistent`` resolve to step for them (the persistent kernels compute the
-    LSTM cell only).
+    ``cell`` (nn.RNNBase.mode: LSTM, GRU, RNN_TANH, RNN_RELU): every cell type has every level; the
+    persistent launch is sized for its gate count (the W_hh slice a program keeps on chip).
 
     ``projected`` (nn.LSTM's proj_size > 0): ``cell`` or ``step`` as asked; ``auto`` and
     ``persistent`` give ``step`` (the persistent kernel keeps an H-wide recurrent state on chip; the
@@ -84,9 +84,6 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
-    if cell != "LSTM" and requested in ("auto", "persistent"):
-        _debug("fusion %s -> step: %s has no persistent kernel (it computes the LSTM cell only)", requested, cell)
-        requested = "step"
     if projected:
         if requested in ("cell", "step"):
             return requested
@@ -99,9 +96,10 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
         return "cell"
     if requested in ("cell", "step"):
         return requested
-    cfg, reason = persistent_config(batch, hidden, dtype, device, arch=arch, sms=sms)
+    cfg, reason = persistent_config(batch, hidden, dtype, device, arch=arch, sms=sms, gates=GATES[CELL_IDS[cell]])
     if cfg is not None:
-        _debug("fusion %s -> persistent: B=%d H=%d %s: %s", requested, batch, hidden, dtype, reason)
+        _debug("fusion %s -> persistent: %s B=%d H=%d %s: %s", requested, cell, batch, hidden, dtype, reason)
         return "persistent"
-    _debug("fusion %s -> step: B=%d H=%d %s: persistent does not fit (%s)", requested, batch, hidden, dtype, reason)
+    _debug("fusion %s -> step: %s B=%d H=%d %s: persistent does not fit (%s)", requested, cell, batch, hidden, dtype,
+           reason)
     return "step"

@@ -27,7 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..kernels import lstm_cell, lstm_persistent, lstm_step
-from ..kernels.cell_math import GRU, RNN_RELU, RNN_TANH
+from ..kernels.cell_math import GATES, GRU, LSTM, RNN_RELU, RNN_TANH
 from ..kernels.launch_config import (
     MAX_SPINS,
     SM_COUNT,
@@ -196,17 +196,20 @@ def planned_builds(arch: str) -> list[KernelBuild]:
                     plans.append(KernelBuild(name, "step", TYPE[dt], {**consts, "CELL": cell}, cfg.num_warps, arch))
     d2l_cfg = persistent_config(*D2L, arch=major)[0]
     large_cfg = persistent_config(*LARGE, arch=major)[0]
-    choices = persistent_choices(major)
-    for cfg, dt in sorted(choices, key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b)):
-        precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
-        for prec in precisions:
-            consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k,
-                      "BLOCK_K2": cfg.block_k2, "SPLIT": cfg.split_k, "PRECISION": prec, "MAX_SPINS": MAX_SPINS}
-            for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
-                flags = _shape_flags(name, dt, prec, consts, d2l_cfg, large_cfg, cfg)
-                plans.append(KernelBuild(
-                    name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1, **flags,
-                    max_programs=choices[(cfg, dt)], grid_fits_sms=choices[(cfg, dt)] <= SM_COUNT[major]))
+    for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):  # each cell type has its own reachable set (its W slice)
+        choices = persistent_choices(major, GATES[cell])
+        for cfg, dt in sorted(choices, key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b)):
+            precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
+            for prec in precisions:
+                consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k,
+                          "BLOCK_K2": cfg.block_k2, "SPLIT": cfg.split_k, "PRECISION": prec, "MAX_SPINS": MAX_SPINS,
+                          **({"CELL": cell} if cell != LSTM else {})}
+                for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
+                    # the rated shapes are the LSTM's: GRU/RNN rows get no flags
+                    flags = _shape_flags(name, dt, prec, consts, d2l_cfg, large_cfg, cfg) if cell == LSTM else {}
+                    plans.append(KernelBuild(
+                        name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1, **flags,
+                        max_programs=choices[(cfg, dt)], grid_fits_sms=choices[(cfg, dt)] <= SM_COUNT[major]))
     return plans
 
 

@@ -10,9 +10,10 @@
     dy (T,B,H) fp32 already holding dL/dh_n in its last step; dG (T,B,W) dt: GRU W = 6H (input-side
     pre-activation grads r, z, n, then recurrent-side ones), RNN W = H (both sides); dh0 (B,H) fp32.
 
-``fusion`` is resolved by :func:`lstm_triton.layers.backend.choose_fusion`: GRU and RNN run at the cell or
-step level (``auto`` and ``persistent`` resolve to step, logged; bf16 under the interpreter to
-cell). Fake implementations give symbolic shapes (torch.compile, export).
+``fusion`` is resolved by :func:`lstm_triton.layers.backend.choose_fusion`, as for the LSTM: GRU and RNN
+run at the cell, step and persistent levels (``auto`` is persistent when its launch fits, else step,
+logged; bf16 under the interpreter goes to cell). Fake implementations give symbolic shapes
+(torch.compile, export).
 ValueError for an unknown ``mode`` or ``fusion``.
 """
 
@@ -23,13 +24,14 @@ from torch import Tensor
 
 from ..kernels.cell_math import CELL_IDS, GATES, GRU, SAVED
 from ..kernels.lstm_cell import rnn_cell_backward, rnn_cell_forward
+from ..kernels.lstm_persistent import rnn_persistent_backward, rnn_persistent_forward
 from ..kernels.lstm_step import rnn_step_backward, rnn_step_forward
 from .backend import choose_fusion
 from .ops import _check_fusion, _owned
 
 MODES = ("GRU", "RNN_TANH", "RNN_RELU")
-FORWARD = {"cell": rnn_cell_forward, "step": rnn_step_forward}
-BACKWARD = {"cell": rnn_cell_backward, "step": rnn_step_backward}
+FORWARD = {"cell": rnn_cell_forward, "step": rnn_step_forward, "persistent": rnn_persistent_forward}
+BACKWARD = {"cell": rnn_cell_backward, "step": rnn_step_backward, "persistent": rnn_persistent_backward}
 
 
 def _cell(mode: str) -> int:
