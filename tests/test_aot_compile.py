@@ -34,8 +34,8 @@ def test_every_launcher_configuration_compiles(builds, record_property):
     record_property("kernel_builds", table)
     assert set(builds["level"]) == {"cell", "step", "persistent"}
     assert set(builds["dtype"]) == {"fp32", "bf16", "fp16"}
-    # the cell and step kernels for every cell type (CELL unset: the LSTM; 1 GRU, 2 RNN_TANH, 3 RNN_RELU)
-    for level in ("cell", "step"):
+    # every level's kernels for every cell type (CELL unset: the LSTM; 1 GRU, 2 RNN_TANH, 3 RNN_RELU)
+    for level in ("cell", "step", "persistent"):
         assert {c.get("CELL", 0) for c in builds.loc[builds["level"] == level, "constexprs"]} == {0, 1, 2, 3}
     assert (builds["registers"] > 0).all() and (builds["registers"] <= 255).all()
     over = builds[builds["shared_bytes"] > SHARED_LIMIT[builds.attrs["arch"]]]
@@ -46,6 +46,28 @@ def test_persistent_grids_fit_the_sms_and_nothing_is_prefetched_across_the_barri
     persistent = builds[builds["level"] == "persistent"]
     assert len(persistent) >= 8 and persistent["grid_fits_sms"].all()
     assert (persistent["num_stages"] == 1).all() and (persistent["cp_async"] == 0).all()
+
+
+def test_every_cell_type_has_its_reachable_persistent_set(builds):
+    """The report builds, per cell type, exactly the persistent configurations the launcher can
+    pick for it (its W slice: 4, 3 or 1 gate blocks), forward and backward, each precision."""
+    import torch
+
+    from lstm_triton.kernels.cell_math import GATES
+    from lstm_triton.kernels.launch_config import persistent_choices
+
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    persistent = builds[builds["level"] == "persistent"]
+    cells = persistent["constexprs"].map(lambda c: c.get("CELL", 0))
+    arch = int(builds.attrs["arch"].removeprefix("sm_")) // 10
+    for cell, gates in GATES.items():
+        rows = persistent[cells == cell]
+        choices = persistent_choices(arch, gates)
+        built = {(c["BLOCK_B"], c["BLOCK_K"], c["BLOCK_K2"], c["SPLIT"], w, dt)
+                 for c, w, dt in zip(rows["constexprs"], rows["num_warps"], rows["dtype"])}
+        assert built == {(c.block_b, c.block_k, c.block_k2, c.split_k, c.num_warps, names[dt]) for c, dt in choices}
+        # forward and backward of each, fp32 twice (IEEE and TF32)
+        assert len(rows) == 2 * sum(2 if dt == torch.float32 else 1 for _, dt in choices), cell
 
 
 def test_auto_picks_a_compiled_persistent_config_for_the_d2l_and_large_shapes(builds):
@@ -80,12 +102,16 @@ def test_tensor_cores_run_the_dots(builds):
 
 def test_persistent_warps_split_the_reduction_instead_of_repeating_it(builds):
     """Each warp of a persistent program computes 1/SPLIT of the recurrent GEMM: its MMA count is
-    the tile's MMAs (16×8 outputs, k steps of 8 in TF32 / 16 in bf16-fp16) divided by SPLIT."""
+    the tile's MMAs (16×8 outputs, k steps of 8 in TF32 / 16 in bf16-fp16, for each of the cell's
+    gate blocks) divided by SPLIT."""
+    from lstm_triton.kernels.cell_math import GATES
+
     persistent = builds[(builds["level"] == "persistent") & (builds["mma_instructions"] > 0)]
     for _, row in persistent.iterrows():
         c = row["constexprs"]
         k_step = 8 if row["dtype"] == "fp32" else 16
-        tile_mmas = (c["BLOCK_B"] // 16) * (c["BLOCK_H"] // 8) * 4 * (c["BLOCK_K"] + c["BLOCK_K2"]) // k_step
+        gates = GATES[c.get("CELL", 0)]
+        tile_mmas = (c["BLOCK_B"] // 16) * (c["BLOCK_H"] // 8) * gates * (c["BLOCK_K"] + c["BLOCK_K2"]) // k_step
         assert row["mma_instructions"] == tile_mmas // c["SPLIT"], row.to_dict()
 
 

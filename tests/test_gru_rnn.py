@@ -1,8 +1,10 @@
 """lstm_triton.GRU / lstm_triton.RNN (tanh, relu) against nn.GRU / nn.RNN in float64: output, h_n
-and every gradient, with every kernel output NaN-poisoned, at the cell and step levels (``auto``
-and ``persistent`` resolve to step for them: checked with the log line saying why).
+and every gradient, with every kernel output NaN-poisoned, at the cell, step and persistent levels
+(the persistent level with the GPU's tiles runs its programs concurrently under the multi-program
+harness, as the LSTM's tests do; ``auto`` picks persistent when it fits, else step, logged).
 """
 
+import contextlib
 import logging
 
 import pytest
@@ -16,9 +18,10 @@ import lstm_triton
 from lstm_triton.kernels.buffers import set_poison
 
 from .helpers import DEVICE, MODULE_VARIANTS, TOL, assert_close, compare_with_nn, rel_err
+from .multiprogram import concurrent_programs
 
 CELLS = ["GRU", "RNN_TANH", "RNN_RELU"]
-LEVELS = ["cell", "step"]
+LEVELS = ["cell", "step", "persistent"]
 
 
 pytestmark = pytest.mark.usefixtures("poisoned")  # every kernel output starts as NaN
@@ -36,15 +39,30 @@ SHAPES = {
 @pytest.mark.parametrize("fusion", LEVELS)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_single_layer_matches_nn(fusion, cell, shape, tiles):
-    assert_close(compare_with_nn(fusion, *shape, cell=cell))
+    # GPU tiles give the persistent level several programs (H=20: 2, H=40: 3) meeting at its
+    # barrier: under the interpreter the harness runs them as co-resident threads (a no-op on CUDA).
+    several = fusion == "persistent" and tiles == "gpu-tiles"
+    with concurrent_programs(seed=0) if several else contextlib.nullcontext():
+        assert_close(compare_with_nn(fusion, *shape, cell=cell))
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("fusion", ["auto", "persistent"])
-def test_auto_and_persistent_resolve_to_step_and_say_why(cell, fusion, caplog):
+def test_auto_and_persistent_run_persistent_and_say_why(cell, fusion, caplog):
     with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
         errors = compare_with_nn(fusion, 4, 3, 5, 20, cell=cell)
-    assert f"fusion {fusion} -> step: {cell} has no persistent kernel" in caplog.text
+    assert f"fusion {fusion} -> persistent: {cell} B=3 H=20" in caplog.text
+    assert_close(errors)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's one-tile limit")
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_falls_back_to_step_when_it_cannot_hold_the_shape(cell, caplog):
+    """More rows than the interpreter's one persistent program holds: the step level runs it, and
+    the log says why (the GPU's rule, the same for every cell type, is in test_launch_config)."""
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        errors = compare_with_nn("persistent", 2, 65, 3, 6, cell=cell)
+    assert f"fusion persistent -> step: {cell} B=65 H=6" in caplog.text and "B=65 > 64" in caplog.text
     assert_close(errors)
 
 
@@ -89,26 +107,58 @@ def test_random_shapes_match_nn(fusion, cell, T, B, I, H, seed):
         assert not bad, f"(ours, nn fp32) relative errors vs float64 above 1e-5 and above 2x nn's: {bad}"
 
 
-def _layer_pair(cell, **kwargs):
+def _layer_pair(cell, I=4, H=10, fusion="auto", **kwargs):
     gen = torch.Generator().manual_seed(0)
     ref_class, name, extra = {"GRU": (nn.GRU, "GRU", {}), "RNN_TANH": (nn.RNN, "RNN", {}),
                               "RNN_RELU": (nn.RNN, "RNN", {"nonlinearity": "relu"})}[cell]
-    ref = ref_class(4, 10, dtype=torch.float64, **extra, **kwargs)
+    ref = ref_class(I, H, dtype=torch.float64, **extra, **kwargs)
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
-    ours = getattr(lstm_triton, name)(4, 10, backend="triton", device=DEVICE, **extra, **kwargs)
+    ours = getattr(lstm_triton, name)(I, H, backend="triton", device=DEVICE, fusion=fusion, **extra, **kwargs)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_packed_sequence_matches_nn(cell, caplog):
+# The GRU on the kernels at every level; the plain RNN with lengths runs torch's kernel whatever the level.
+PACKED = [("GRU", fusion) for fusion in LEVELS] + [("RNN_TANH", "auto"), ("RNN_RELU", "auto")]
+
+
+@pytest.mark.parametrize("cell, fusion", PACKED, ids=[f"{c}-{f}" for c, f in PACKED])
+def test_packed_sequence_matches_nn(cell, fusion, caplog):
     """Unsorted lengths incl. a full and a length-1 row, bidirectional: the GRU on the kernels
     (rows frozen by z = 1), the plain RNN on torch's kernel (logged)."""
-    ref, ours = _layer_pair(cell, bidirectional=True)
-    x = torch.randn(6, 4, 4, dtype=torch.float64)
-    lengths = torch.tensor([3, 6, 1, 4])
+    errors = compare_packed_rnn(cell, fusion, [3, 6, 1, 4], caplog, bidirectional=True)
+    if fusion == "persistent":
+        assert "fusion persistent -> persistent: GRU" in caplog.text
+    assert_close(errors)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_packed_gru_on_the_persistent_level_with_several_programs(seed, caplog):
+    """The GPU's tiles under the multi-program harness: H=40 -> 3 programs meeting at the barrier,
+    unsorted lengths from 1 to T (rows frozen by z = 1 while the others run on)."""
+    from lstm_triton.kernels.launch_config import use_gpu_tiles
+
+    use_gpu_tiles(True)
+    try:
+        with concurrent_programs(seed) as harness:
+            errors = compare_packed_rnn("GRU", "persistent", [2, 5, 1, 4, 3], caplog, H=40)
+    finally:
+        use_gpu_tiles(False)
+    assert "fusion persistent -> persistent: GRU B=5 H=40" in caplog.text
+    if harness.active:
+        ran = [(launch.programs, launch.programs_finished) for launch in harness.launches]
+        assert ran == [(3, 3), (3, 3)], ran  # forward and backward, every program to its end
+    assert_close(errors)
+
+
+def compare_packed_rnn(cell, fusion, lengths, caplog, H=10, **kwargs):
+    """A PackedSequence of ``lengths`` through ours and float64 nn: {name: relative error} of the
+    output, h_n and every gradient (input and each parameter)."""
+    ref, ours = _layer_pair(cell, H=H, fusion=fusion, **kwargs)
+    x = torch.randn(max(lengths), len(lengths), 4, dtype=torch.float64)
+    lengths = torch.tensor(lengths)
     x64 = x.clone().requires_grad_()
     x32 = x.float().to(DEVICE).requires_grad_()
     out64, h64 = ref(pack_padded_sequence(x64, lengths, enforce_sorted=False))
@@ -122,7 +172,7 @@ def test_packed_sequence_matches_nn(cell, caplog):
     ((y32 * upstream[0].float()).sum() + (h32 * upstream[1].float()).sum()).backward()
     errors = {"output": rel_err(y32, y64), "h_n": rel_err(h32, h64), "d_input": rel_err(x32.grad, x64.grad)}
     errors.update({f"d_{n}": rel_err(p.grad, q.grad) for (n, p), q in zip(ours.named_parameters(), ref.parameters())})
-    assert_close(errors)
+    return errors
 
 
 @pytest.mark.parametrize("cell", ["GRU", "RNN_RELU"])

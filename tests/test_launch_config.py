@@ -62,31 +62,59 @@ def test_reduction_pieces_cover_every_h_with_powers_of_two_and_little_padding():
         assert H > (k + k2) * 2 / 3 or H <= 256, f"H={H}: K={k}+{k2} wastes a third or more"
 
 
+@pytest.mark.parametrize("gates", [4, 3, 1], ids=["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("arch", [8, 9])
-def test_every_enumerated_config_has_legal_dot_tiles(arch):
-    for cfg, dt in persistent_choices(arch):
+def test_every_enumerated_config_has_legal_dot_tiles(arch, gates):
+    for cfg, dt in persistent_choices(arch, gates):
         dims = [cfg.block_b, cfg.block_h, cfg.block_k // cfg.split_k] + (
             [cfg.block_k2 // cfg.split_k] if cfg.block_k2 else [])
         assert all(d >= 16 and d & (d - 1) == 0 for d in dims), (cfg, dt)
         assert cfg.split_k == cfg.num_warps  # one reduction chunk per warp
 
 
+@pytest.mark.parametrize("gates", [4, 3, 1], ids=["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("arch", [8, 9])
-def test_every_choice_is_in_the_enumerated_set_and_fits_the_sms(arch):
+def test_every_choice_is_in_the_enumerated_set_and_fits_the_sms(arch, gates):
     """Sampled (B, H, dtype) and smaller SM counts: the launcher only picks enumerated configs,
     and never a grid larger than the SM count (the barrier needs all programs resident)."""
-    choices = persistent_choices(arch)
+    choices = persistent_choices(arch, gates)
     gen = torch.Generator().manual_seed(arch)
-    for _ in range(3000):
+    for _ in range(3000 if gates == 4 else 1000):
         B = int(torch.randint(1, 4500, (), generator=gen))
         H = int(torch.randint(1, PERSISTENT_MAX_HIDDEN + 1, (), generator=gen))
         dt = DTYPES[int(torch.randint(0, 3, (), generator=gen))]
         sms = SM_COUNT[arch] - int(torch.randint(0, 80, (), generator=gen))
-        cfg, reason = persistent_config(B, H, dt, arch=arch, sms=sms)
+        cfg, reason = persistent_config(B, H, dt, arch=arch, sms=sms, gates=gates)
         if cfg is not None:
             n_h, n_b = persistent_grid(B, H, cfg)
             assert (cfg, dt) in choices and n_h * n_b <= sms, (B, H, dt, sms, cfg)
             assert n_h * n_b <= choices[(cfg, dt)] or sms != SM_COUNT[arch]
+
+
+@pytest.mark.parametrize("cell, fusion", [("LSTM", "step"), ("GRU", "step"), ("RNN_TANH", "persistent"),
+                                         ("RNN_RELU", "persistent")])
+def test_the_gate_count_sizes_the_w_slice_and_auto_follows_it(cell, fusion, caplog):
+    """B=32, H=1024, fp32 on sm_90: the LSTM's 4 gate blocks (256 KB) and GRU's 3 (192 KB) do not
+    fit one block's shared memory next to the operand tile, the plain RNN's one (64 KB) does; auto
+    picks persistent under the same rule for every cell type, else step, and logs why."""
+    import logging
+
+    from lstm_triton.layers.backend import choose_fusion
+
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        assert choose_fusion("auto", 32, 1024, torch.float32, torch.device("cuda"), arch=9, cell=cell) == fusion
+    if fusion == "step":
+        assert f"fusion auto -> step: {cell} B=32 H=1024" in caplog.text and "of shared memory" in caplog.text
+    else:
+        assert f"fusion auto -> persistent: {cell} B=32 H=1024" in caplog.text and "64 programs" in caplog.text
+
+
+def test_fewer_gates_keep_a_smaller_slice_with_the_same_grid():
+    cfgs = {g: persistent_config(32, 256, torch.float32, arch=9, gates=g)[0] for g in (4, 3, 1)}
+    assert {persistent_grid(32, 256, c) for c in cfgs.values()} == {(16, 1)}
+    assert {(c.block_b, c.block_h, c.reduction) for c in cfgs.values()} == {(32, 16, 256)}
+    # W slice 64 KB (LSTM), 48 KB (GRU): 8 warps; 16 KB (RNN): 4 warps, each reduction chunk still ≥ 16 wide
+    assert [cfgs[g].num_warps for g in (4, 3, 1)] == [8, 8, 4]
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="interpreter tiles")

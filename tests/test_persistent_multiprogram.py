@@ -5,6 +5,9 @@ persistent grid sized as on sm_90 (H=40 -> 3 programs, H=300 -> 19). Parity with
 float64, forward and every gradient, outputs NaN-poisoned. On CUDA the harness is a no-op (real
 programs are co-resident) and the same parity tests run on the real grid.
 
+GRU and the plain RNN (tanh, relu) run the same kernels with their cell type a compile-time
+constant: the same parity checks against float64 nn.GRU / nn.RNN, and their own negative controls.
+
 Negative controls: the same checks against the kernels with a broken barrier (no barrier; the
 target one arrival short; the target one time step short) must fail, in the forward and in the
 backward kernel, for every seed of the random schedule tried. The broken variants replace
@@ -23,6 +26,7 @@ import triton.language as tl
 
 from lstm_triton.kernels import lstm_persistent
 from lstm_triton.kernels.buffers import set_poison
+from lstm_triton.kernels.cell_math import CELL_IDS, GATES
 from lstm_triton.kernels.launch_config import persistent_config, use_gpu_tiles
 from lstm_triton.kernels.lstm_persistent import grid_barrier as real_grid_barrier
 
@@ -31,7 +35,8 @@ from .multiprogram import concurrent_programs
 
 KERNELS = ("persistent_forward_kernel", "persistent_backward_kernel")
 PROGRAMS = {40: 3, 300: 19}  # hidden slices on sm_90: 16 units per program
-FORWARD = ("output", "h_n", "c_n")
+FORWARD = ("output", "h_n", "c_n")  # GRU and RNN have no c_n
+RNN_CELLS = ("GRU", "RNN_TANH", "RNN_RELU")
 
 
 @pytest.fixture(autouse=True)
@@ -44,19 +49,20 @@ def gpu_tiles_and_poison():
     set_poison(False)
 
 
-def run_persistent(T, B, I, H, seed, caplog, **compare_kwargs):
+def run_persistent(T, B, I, H, seed, caplog, cell="LSTM", **compare_kwargs):
     """compare_with_nn for fusion='persistent' under the harness; checks that persistent was chosen
     and (under the interpreter) that both kernels ran PROGRAMS[H] programs. Returns the errors."""
+    gates = GATES[CELL_IDS[cell]]
     if DEVICE == "cuda":  # the real device decides (e.g. an A100 has less shared memory than sm_90)
-        cfg, reason = persistent_config(B, H, torch.float32, DEVICE)
+        cfg, reason = persistent_config(B, H, torch.float32, DEVICE, gates=gates)
         if cfg is None:
             pytest.skip(f"persistent does not fit this GPU: {reason}")
     with caplog.at_level(logging.DEBUG, logger="lstm_triton"), concurrent_programs(seed) as harness:
-        errors = compare_with_nn("persistent", T, B, I, H, seed=seed or 0, **compare_kwargs)
-    assert "fusion persistent -> persistent" in caplog.text
+        errors = compare_with_nn("persistent", T, B, I, H, seed=seed or 0, cell=cell, **compare_kwargs)
+    assert f"fusion persistent -> persistent: {cell} " in caplog.text
     if harness.active:
         with concurrent_programs():  # the launch configuration the harness made the launcher use
-            cfg, _ = persistent_config(B, H, torch.float32)
+            cfg, _ = persistent_config(B, H, torch.float32, gates=gates)
         expected = PROGRAMS[H] * triton.cdiv(B, cfg.block_b)  # hidden slices × batch tiles
         ran = [(launch.kernel, launch.programs, launch.programs_finished) for launch in harness.launches]
         assert ran == [(name, expected, expected) for name in KERNELS], ran
@@ -78,6 +84,18 @@ PARITY = {  # (T, B, I, H, schedule seeds)
     for name, (T, B, I, H, seeds) in PARITY.items() for seed in seeds])
 def test_persistent_with_several_programs_matches_nn_lstm(T, B, I, H, seed, caplog):
     assert_close(run_persistent(T, B, I, H, seed, caplog))
+
+
+CELL_PARITY = {  # (T, B, I, H, schedule seed): 3 hidden slices × 1 or 2 batch tiles on sm_90
+    "H40-B17-T5": (5, 17, 4, 40, 1),
+    "H40-B33-two-batch-tiles-T3": (3, 33, 3, 40, 2),
+}
+
+
+@pytest.mark.parametrize("cell", RNN_CELLS)
+@pytest.mark.parametrize("T, B, I, H, seed", [pytest.param(*v, id=f"{k}-seed{v[-1]}") for k, v in CELL_PARITY.items()])
+def test_gru_and_rnn_with_several_programs_match_nn(cell, T, B, I, H, seed, caplog):
+    assert_close(run_persistent(T, B, I, H, seed, caplog, cell=cell))
 
 
 # ----------------------------------------------------------------------------- negative controls
@@ -106,29 +124,34 @@ BROKEN = {"no-barrier": no_barrier, "one-arrival-short": barrier_one_arrival_sho
 # (variant, T, B, I, H, seeds): every seed must expose the fault. T=6 leaves margin: sweeps of the
 # seeded schedule over 30-40 seeds caught every variant at T=4 (H=40) but missed one seed in 30
 # at H=300, T=4 (one arrival short, forward); a fault can only show at the T-1 inner barriers.
+# GRU and RNN (seeds 0-7 of each variant and phase swept at T=6, H=40, B=1: every one caught): the
+# subtlest fault for every cell type, the crudest for GRU.
 NEGATIVE = [
-    *((variant, 6, 1, 3, 40, [0, 1, 2, 3]) for variant in BROKEN),
-    ("one-arrival-short", 6, 17, 4, 40, [4, 5]),
-    ("one-arrival-short", 6, 1, 3, 300, [6, 7]),
+    *(("LSTM", variant, 6, 1, 3, 40, [0, 1, 2, 3]) for variant in BROKEN),
+    ("LSTM", "one-arrival-short", 6, 17, 4, 40, [4, 5]),
+    ("LSTM", "one-arrival-short", 6, 1, 3, 300, [6, 7]),
+    *((cell, "one-arrival-short", 6, 1, 3, 40, [i]) for i, cell in enumerate(RNN_CELLS)),
+    ("GRU", "no-barrier", 6, 1, 3, 40, [3]),
 ]
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="negative controls drive the interpreter's schedule (CPU only)")
 @pytest.mark.parametrize("phase", ["forward", "backward"])
-@pytest.mark.parametrize("variant, T, B, I, H, seed", [
-    pytest.param(variant, T, B, I, H, seed, id=f"{variant}-H{H}-B{B}-T{T}-seed{seed}")
-    for variant, T, B, I, H, seeds in NEGATIVE for seed in seeds])
-def test_a_broken_barrier_fails_the_same_checks(variant, T, B, I, H, seed, phase, caplog, monkeypatch):
+@pytest.mark.parametrize("cell, variant, T, B, I, H, seed", [
+    pytest.param(cell, variant, T, B, I, H, seed,
+                 id=("" if cell == "LSTM" else f"{cell}-") + f"{variant}-H{H}-B{B}-T{T}-seed{seed}")
+    for cell, variant, T, B, I, H, seeds in NEGATIVE for seed in seeds])
+def test_a_broken_barrier_fails_the_same_checks(cell, variant, T, B, I, H, seed, phase, caplog, monkeypatch):
     """Broken in one kernel only: the forward's outputs, or (forward intact) the gradients, fail."""
     if phase == "forward":
         monkeypatch.setattr(lstm_persistent, "grid_barrier", BROKEN[variant])
         repair = lambda: monkeypatch.setattr(lstm_persistent, "grid_barrier", real_grid_barrier)
-        errors = run_persistent(T, B, I, H, seed, caplog, before_backward=repair)
+        errors = run_persistent(T, B, I, H, seed, caplog, cell=cell, before_backward=repair)
         with pytest.raises(AssertionError, match="relative errors above"):
-            assert_close({k: errors[k] for k in FORWARD})
+            assert_close({k: errors[k] for k in FORWARD if k in errors})
     else:
         breaker = lambda: monkeypatch.setattr(lstm_persistent, "grid_barrier", BROKEN[variant])
-        errors = run_persistent(T, B, I, H, seed, caplog, before_backward=breaker)
-        assert_close({k: errors[k] for k in FORWARD})
+        errors = run_persistent(T, B, I, H, seed, caplog, cell=cell, before_backward=breaker)
+        assert_close({k: errors[k] for k in FORWARD if k in errors})
         with pytest.raises(AssertionError, match="relative errors above"):
             assert_close({k: v for k, v in errors.items() if k not in FORWARD})

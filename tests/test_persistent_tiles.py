@@ -1,7 +1,8 @@
 """The persistent level at the exact GPU (sm_90) tiles, under the interpreter, on the grids that
 its one-after-another programs can run: one hidden slice (H ≤ 16), one or several batch tiles.
 Each batch tile has its own barrier counter, so its single program never waits for another.
-Checked against nn.LSTM in float64: output, h_n, c_n and every gradient (≤ 1e-5).
+Checked against nn.LSTM in float64: output, h_n, c_n and every gradient (≤ 1e-5); GRU and the
+plain RNN (tanh, relu) against nn.GRU / nn.RNN the same way, on the same skeleton.
 """
 
 import logging
@@ -19,7 +20,7 @@ from lstm_triton.kernels.launch_config import (
     use_gpu_tiles,
 )
 
-from .helpers import DEVICE, rel_err
+from .helpers import DEVICE, assert_close, compare_with_nn, rel_err
 
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="interpreter runs of GPU tiles (CUDA runs them anyway)")
 
@@ -72,3 +73,13 @@ def test_gpu_tiles_match_nn_lstm(shape, sm90_tiles, caplog):
     errors |= {f"d_{n}": rel_err(p.grad, q.grad) for (n, p), q in zip(ours.named_parameters(), ref.parameters())}
     bad = {k: v for k, v in errors.items() if not v <= 1e-5}
     assert not bad, bad
+
+
+@pytest.mark.parametrize("cell", ["GRU", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("shape", [SHAPES["B40-H13-two-batch-tiles"]], ids=["B40-H13-two-batch-tiles"])
+def test_gpu_tiles_of_gru_and_rnn_match_nn(cell, shape, sm90_tiles, caplog):
+    T, B, I, H = shape
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        errors = compare_with_nn("persistent", T, B, I, H, seed=B * H, cell=cell)
+    assert f"fusion persistent -> persistent: {cell} B={B} H={H}" in caplog.text and "2 programs" in caplog.text
+    assert_close(errors)
