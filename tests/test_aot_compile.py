@@ -163,3 +163,27 @@ def test_persistent_kernels_compile_once_for_every_sequence_length():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["persistent_forward_kernel ['T']", "persistent_backward_kernel ['T']"]
+
+
+def test_cubin_facts_are_read_once_per_cubin_and_kept_by_its_bytes(tmp_path, monkeypatch):
+    """The report disassembles a cubin once; the same bytes later give the kept numbers, other
+    bytes (another build, another compiler) are read afresh, and a damaged entry is read again."""
+    from lstm_triton.layers import kernel_report as kr
+
+    calls = []
+
+    def cuobjdump(cubin, *flags):
+        calls.append(cubin)
+        return ("Function k:\n  REG:40 STACK:0 SHARED:1024 LOCAL:8 CONSTANT[0]:1\n"
+                "        /*0a70*/                   HMMA.1684.F32.TF32 R20, R4, R16, R20 ;\n")
+
+    monkeypatch.setattr(kr, "_facts_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(kr, "_cuobjdump", cuobjdump)
+    facts = kr.cubin_facts(b"one")
+    assert facts == {"REG": 40, "STACK": 0, "SHARED": 1024, "LOCAL": 8, "MMA": 1}
+    assert kr.cubin_facts(b"one") == facts and calls == [b"one"]
+    kr.cubin_facts(b"two")
+    assert calls == [b"one", b"two"]
+    for entry in tmp_path.iterdir():
+        entry.write_text("{")
+    assert kr.cubin_facts(b"one") == facts and len(calls) == 3

@@ -23,7 +23,7 @@ def test_cli_trains_with_triton(capsys, tmp_path):
     assert out.splitlines()[-1].startswith("perplexity ")
 
 
-@pytest.mark.parametrize("fusion", ["cell", "step"])
+@pytest.mark.parametrize("fusion", ["cell", "step", "persistent"])
 @pytest.mark.parametrize("cell, nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")],
                          ids=["gru", "rnn-tanh", "rnn-relu"])
 def test_triton_gru_and_rnn_char_lms_train_like_nn_and_naive_for_20_steps(cell, nonlinearity, fusion):

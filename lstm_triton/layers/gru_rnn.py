@@ -4,9 +4,9 @@ on the Triton cell kernels, and the functional forms ``lstm_triton.gru`` / ``lst
 
 Everything ``lstm_triton.LSTM`` offers carries over (``rnn_base.py``): ``fusion`` / ``backend``,
 layers, bidirectional, batch_first, unbatched input, dropout, autocast, nn's errors, PackedSequence
-and ``lengths``. GRU and RNN run at the ``cell`` and ``step`` levels (the same kernel skeletons as the
-LSTM's, the cell type a compile-time constant); ``auto`` and ``persistent`` resolve to ``step``
-(the persistent kernels compute the LSTM cell only; the debug log says so). The state is one tensor h.
+and ``lengths``. GRU and RNN run at the ``cell``, ``step`` and ``persistent`` levels (the same kernel
+skeletons as the LSTM's, the cell type a compile-time constant); ``auto`` picks ``persistent`` when its
+launch fits, else ``step``, by the LSTM's rule (the debug log says why). The state is one tensor h.
 
 Variable lengths: a GRU row past its length is frozen by its update gate alone (z = 1: the input
 projection's z column is +inf there, so h_t = h_{t−1} exactly and every gradient of that step is 0

@@ -12,6 +12,7 @@ tests call it in a subprocess for that reason.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -105,17 +106,45 @@ def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def _cuobjdump(cubin: bytes, flag: str) -> str:
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([tool, *flags, f.name], capture_output=True, text=True, check=True).stdout
 
 
-def _resource_usage(cubin: bytes) -> dict[str, int]:
-    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", _cuobjdump(cubin, "--dump-resource-usage")))
-    return {k: int(v) for k, v in usage.items()}
+def _facts_dir() -> str:
+    """Where :func:`cubin_facts` keeps what it read: next to Triton's compiled kernels (same lifetime)."""
+    knobs = getattr(triton, "knobs", None)
+    base = knobs.cache.dir if knobs is not None else os.environ.get(
+        "TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
+    return os.path.join(base, "lstm_triton_kernel_report")
+
+
+def cubin_facts(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED, LOCAL (cuobjdump's resource usage) and MMA (tensor-core instructions in its
+    SASS) of one cubin. Disassembling takes ~0.35 s a build, most of a report whose compiles Triton's
+    cache already holds, so the numbers are kept on disk under the sha256 of the cubin's bytes (and
+    the Triton version, whose cuobjdump reads them): the same bytes always give the same numbers."""
+    key = hashlib.sha256(cubin + triton.__version__.encode()).hexdigest()
+    path = os.path.join(_facts_dir(), key + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    text = _cuobjdump(cubin, "--dump-resource-usage", "--dump-sass")
+    facts = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+    facts["MMA"] = count_mma_instructions(text)
+    try:  # written whole, then renamed: a concurrent reader sees all of it or nothing
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
+            json.dump(facts, f)
+        os.replace(f.name, path)
+    except OSError:  # a read-only cache costs time, never a result
+        pass
+    return facts
 
 
 def count_mma_instructions(sass: str) -> int:
@@ -140,11 +169,11 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
-    usage = _resource_usage(compiled.asm["cubin"])
-    build.registers, build.spill_bytes, build.stack_bytes = usage["REG"], usage["LOCAL"], usage["STACK"]
-    build.shared_bytes = max(int(compiled.metadata.shared), usage["SHARED"])
+    facts = cubin_facts(compiled.asm["cubin"])
+    build.registers, build.spill_bytes, build.stack_bytes = facts["REG"], facts["LOCAL"], facts["STACK"]
+    build.shared_bytes = max(int(compiled.metadata.shared), facts["SHARED"])
     build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
-    build.mma_instructions = count_mma_instructions(_cuobjdump(compiled.asm["cubin"], "--dump-sass"))
+    build.mma_instructions = facts["MMA"]
     return build
 
 
