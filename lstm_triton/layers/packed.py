@@ -1,21 +1,26 @@
 """Variable-length batches on the fused kernels: padded input with ``lengths``, and PackedSequence.
 
-The kernels need no change for this. A step past a row's length must leave that row's state
-alone, output zero and pass gradients straight through; all of that follows from the gate values
-alone, so the layer writes them into the input projection before the time loop:
+The kernels need no change for this. The layer writes fixed pre-activations into the input
+projection of every step past a row's length, before the time loop (one ``torch.where`` per layer
+call, no per-step work, every fusion level), chosen per cell so that those steps cannot change
+what the row outputs and no gradient flows back out of them (``PADDED_STEP``):
 
-    pre-activations of a padded step (i, f, g, o) = (−inf, +inf, ·, −inf)
-    ⇒ i = 0, f = 1, o = 0  ⇒  c_t = 1·c_{t−1} + 0·g = c_{t−1} exactly,  h_t = 0·tanh(c_t) = 0.
+LSTM  (i, f, g, o) = (−inf, +inf, 0, −inf)  ⇒ i = 0, f = 1, o = 0  ⇒  c_t = c_{t−1} exactly,
+      h_t = 0. The saved activations give dG = 0 for every gate and dc_{t−1} = f·dc_t = dc_t: the
+      padded steps vanish from every gradient and the cell gradient flows through unchanged.
+GRU   (r, z, n) = (0, +inf, 0)  ⇒ z = 1  ⇒  h_t = h_{t−1} exactly; z(1 − z) = 0 and 1 − z = 0 make
+      every gate gradient 0, and dh passes through the direct term z ⊙ dh.
+RNN   pre = −inf  ⇒ h = tanh(−inf) = −1 or relu(−inf) = 0, whose derivative is exactly 0. No gate
+      can freeze the row, and none needs to: those steps come after everything the row outputs,
+      and with a zero derivative no gradient leaves them, whatever arrives.
 
-The kernels save those activations for backward, where the same values give dG = 0 for every
-gate and dc_{t−1} = f·dc_t = dc_t: the padded steps vanish from every gradient and the cell
-gradient flows through them unchanged. ``h_n`` is each row's output at its own last step
-(gathered, so autograd routes its gradient there) and ``c_n`` is the final cell state (frozen
-since the row's end). One ``torch.where`` per layer call, no per-step work, every fusion level.
+``h_n`` is each row's output at its own last step (gathered, so autograd routes its gradient
+there; for the frozen LSTM / GRU state this equals the final step) and ``c_n`` the final cell
+state (frozen since the row's end). The output past each length is zeroed afterwards.
 
-Semantics follow ``nn.LSTM`` on the packed equivalent (lengths 1…T; here 0 is also allowed: the
-row keeps ``h0``/``c0`` and outputs zeros). The reverse direction of a bidirectional layer starts
-at each row's own end (:func:`reverse_padded`).
+Semantics follow nn's layers on the packed equivalent (lengths 1…T; here 0 is also allowed: the
+row keeps its initial state and outputs zeros). The reverse direction of a bidirectional layer
+starts at each row's own end (:func:`reverse_padded`).
 """
 
 from __future__ import annotations
@@ -49,11 +54,21 @@ def active_steps(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
 
 
-def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """``xp (T, B, 4H)`` fp32 gate pre-activations [i, f, g, o] -> the same with padded steps set to
-    (−inf, +inf, 0, −inf), which freezes the row there (module docstring)."""
-    H = xp.shape[-1] // 4
-    pad = xp.new_tensor([-_INF, _INF, 0.0, -_INF]).repeat_interleave(H)
+# Pre-activations of a step past a row's length, per gate block (module docstring).
+PADDED_STEP = {
+    "LSTM": (-_INF, _INF, 0.0, -_INF),  # i = 0, f = 1, o = 0: c passes through, h = 0
+    "GRU": (0.0, _INF, 0.0),            # z = 1: h_t = h_{t−1}; r, n finite and their gradients 0
+    "RNN_TANH": (-_INF,),               # h = −1, derivative 0: no gradient flows out
+    "RNN_RELU": (-_INF,),               # h = 0, derivative 0
+}
+
+
+def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor, mode: str = "LSTM") -> torch.Tensor:
+    """``xp (T, B, G·H)`` fp32 gate pre-activations in nn's gate order, ``active (T, B)`` bool ->
+    the same with the steps past each row's length set to ``PADDED_STEP[mode]`` (module docstring)."""
+    blocks = PADDED_STEP[mode]
+    H = xp.shape[-1] // len(blocks)
+    pad = xp.new_tensor(blocks).repeat_interleave(H)
     return torch.where(active[..., None], xp, pad)
 
 

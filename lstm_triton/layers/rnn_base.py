@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import packed
-from .backend import BACKENDS, FUSIONS, _debug, check_choice, choose_backend
+from .backend import BACKENDS, FUSIONS, check_choice, choose_backend
 
 EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn's RuntimeError
 
@@ -157,9 +157,6 @@ class FusedRNNMixin:
         if lengths is not None:
             batch_dim = 0 if self.batch_first else 1
             lengths = packed.check_lengths(lengths, data.size(1 - batch_dim), data.size(batch_dim), data.device)
-        if backend == "triton" and not self._KERNELS_TAKE_LENGTHS and (is_packed or lengths is not None):
-            _debug("%s with lengths or a PackedSequence -> torch's kernel: %s", self.mode, self._NO_LENGTHS_REASON)
-            backend = "torch"
         if backend == "torch":
             if lengths is None:
                 return super().forward(input, hx)
@@ -243,8 +240,6 @@ class FusedRNNMixin:
 
     # ------------------------------------------------------------------ hooks of a single-state layer
     # (GRU, RNN); the LSTM overrides them for its (h, c).
-    _KERNELS_TAKE_LENGTHS = True
-    _NO_LENGTHS_REASON = ""
     _INPUT_DIM_ERROR = "{name}: Expected input to be 2D or 3D, got {dim}D instead"
 
     def _check_hx_count(self, hx) -> None:
