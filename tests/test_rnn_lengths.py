@@ -1,4 +1,4 @@
-"""Variable lengths for GRU and the plain RNN on the kernels (``lstm_triton/layers/packed.py``):
+"""Variable lengths for GRU and the plain RNN (where noted, every cell) on the kernels (``packed.py``):
 PackedSequence and padded input with ``lengths`` against nn in float64 — output, h_n and every
 gradient — with torch's own recurrent kernels switched off during our call, so a silent fallback
 to them fails; and padded steps that would overflow if they ran freely.
@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstm_triton
 
+from .helpers import CELLS as ALL_CELLS
 from .helpers import DEVICE, assert_close, rel_err
 
 pytestmark = pytest.mark.usefixtures("poisoned")  # every kernel output starts as NaN
@@ -130,4 +131,28 @@ def test_relu_padding_that_would_overflow_stays_out_of_every_gradient(fusion, no
         y32, h32 = ours(x32, lengths=lengths)
     y64 = pad_packed_sequence(out64, total_length=T)[0]
     errors = _errors(ref, ours, x64, x32, y64, y32, h64, h32)
+    assert_close(errors)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_packed_input_to_a_batch_first_layer(cell, no_torch_recurrence):
+    """nn ignores batch_first for a PackedSequence (it has no batch dimension of its own): so must we.
+    All four cells, hx given, against nn in float64."""
+    ref_class, name, extra = ALL_CELLS[cell]
+    ref = ref_class(4, 10, batch_first=True, dtype=torch.float64, **extra)
+    ours = getattr(lstm_triton, name)(4, 10, batch_first=True, backend="triton", device=DEVICE, **extra)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 4, dtype=torch.float64)  # (B, T, I)
+    lengths = torch.tensor([2, 5, 3])
+    hx = tuple(torch.randn(1, 3, 10, dtype=torch.float64) for _ in range(2 if cell == "LSTM" else 1))
+    out64, s64 = ref(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False),
+                     hx if cell == "LSTM" else hx[0])
+    with no_torch_recurrence(), torch.no_grad():
+        hx32 = tuple(h.float().to(DEVICE) for h in hx)
+        out32, s32 = ours(pack_padded_sequence(x.float().to(DEVICE), lengths, batch_first=True, enforce_sorted=False),
+                          hx32 if cell == "LSTM" else hx32[0])
+    assert torch.equal(out32.batch_sizes, out64.batch_sizes)
+    errors = {"output": rel_err(out32.data, out64.data)}
+    s32, s64 = (s32, s64) if cell == "LSTM" else ((s32,), (s64,))
+    errors.update({f"state{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(s32, s64))})
     assert_close(errors)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
+from pathlib import Path
 
 from .. import __version__
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
@@ -114,12 +116,28 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _check_output_path(flag: str, path: str | None) -> None:
+    """Fail before training, not after the first epoch, when ``path`` cannot be written."""
+    if not path:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"lstm-triton train: error: argument {flag}: {path} is a directory, expected a file path")
+    if not parent.is_dir():
+        raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} is not writable")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .model import predict
 
     cfg = _config(args)
+    _check_output_path("--save", args.save)  # a --resume file is checked when it is read
+    _check_output_path("--metrics-csv", args.metrics_csv)
     try:
         trainer = Trainer(cfg, args.device)
         if args.resume:

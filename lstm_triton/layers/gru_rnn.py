@@ -21,7 +21,7 @@ from torch import nn
 from . import rnn_ops  # noqa: F401  (registers torch.ops.lstm_triton.rnn_recurrence*)
 from .autograd import input_projection
 from .backend import BACKENDS, FUSIONS, check_choice
-from .packed import active_steps, last_hidden, mask_padded_steps, torch_layer
+from .packed import active_steps, last_hidden, mask_padded_steps, torch_layer, zero_padding
 from .rnn_autograd import RnnRecurrence
 from .rnn_base import FusedRNNMixin, _no_autocast, prepare_functional
 
@@ -38,10 +38,12 @@ def run_rnn_layer(mode: str, fusion: str, x, h0, w_ih, w_hh, b_ih, b_hh, backend
             return y, h
         y, h = getattr(torch._VF, mode.lower())(x, h0[None], weights, b_ih is not None, 1, 0.0, False, False, False)
         return y, h[0]
-    xp = input_projection(x, w_ih, b_ih, None)  # b_hh goes to the recurrent side (GRU: b_hn inside r ⊙ (·))
+    # b_hh goes to the recurrent side (GRU: b_hn inside r ⊙ (·))
     if lengths is not None:
         active = active_steps(lengths, x.shape[0])
-        xp = mask_padded_steps(xp, active, mode)
+        xp = mask_padded_steps(input_projection(zero_padding(x, active), w_ih, b_ih, None), active, mode)
+    else:
+        xp = input_projection(x, w_ih, b_ih, None)
     apply = torch.ops.lstm_triton.rnn_recurrence if torch.jit.is_tracing() else RnnRecurrence.apply
     y, _, _ = apply(xp, h0, w_hh, b_hh, mode, fusion)
     if lengths is None:

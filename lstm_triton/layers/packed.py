@@ -72,6 +72,13 @@ def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor, mode: str = "LSTM"
     return torch.where(active[..., None], xp, pad)
 
 
+def zero_padding(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``x (T, B, I)`` with the steps past each row's length set to 0, ``active (T, B)`` bool.
+    Padding may hold anything (NaN from ``torch.empty``); nn never reads it, and neither may the
+    input projection's weight gradient, Σ dxp ⊗ x, where 0 · NaN would be NaN."""
+    return torch.where(active[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def last_hidden(y: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """Each row's output at its own last step: ``y (T, B, H)``, ``lengths (B,)`` -> ``(B, H)``;
     ``h0`` where the length is 0. Differentiable (a gather), so dL/dh_n lands on that step."""

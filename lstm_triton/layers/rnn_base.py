@@ -98,10 +98,16 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     """The checks and casts of a functional one-layer call after its shape checks.
 
     ``weights``: name -> tensor or None ("weight_ih", "weight_hh", "bias_ih", "bias_hh", ...);
-    ``states``: name -> (tensor or None, expected shape); None becomes zeros. Checks devices, shapes,
+    ``states``: name -> (tensor or None, expected shape); None becomes zeros. Checks devices, shapes
+    (biases exactly ``(gate_rows,)``, on every backend, so that no call depends on broadcasting),
     T > 0 and dtypes (after autocast) with nn's errors; fills a missing bias of a pair with zeros
     (``gate_rows`` long). Returns ``(input, states tuple, weights dict, backend, lengths, autocast on)``."""
     _check_parameter_devices(input, weights.values())
+    for name in ("bias_ih", "bias_hh"):  # the kernels read gate_rows values from the pointer: never broadcast
+        b = weights[name]
+        if b is not None and tuple(b.shape) != (gate_rows,):
+            raise RuntimeError(f"{name} must have shape ({gate_rows},) (one value per gate row), "
+                               f"got {tuple(b.shape)}")
     filled = {}
     for name, (t, shape) in states.items():
         filled[name] = input.new_zeros(shape) if t is None else t
@@ -171,17 +177,20 @@ class FusedRNNMixin:
             out, states = packed.torch_module_forward(forward_tuple, input, self._wrap(hx), lengths, self.batch_first)
             return out, self._unwrap(states)
         if is_packed:
-            padded, lengths = packed.unpack(input)
-            output, states = self._triton_forward(padded, hx, ac, lengths, batch_first=False)
+            padded, lengths = packed.unpack(input)  # time-major, whatever batch_first says
+            if self.batch_first:  # nn ignores batch_first for packed input: present it as batch_first
+                padded = padded.transpose(0, 1)
+            output, states = self._triton_forward(padded, hx, ac, lengths)
+            output = output.transpose(0, 1) if self.batch_first else output
             return packed.repack(output, lengths, input), states
         return self._triton_forward(input, hx, ac, lengths)
 
-    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None, batch_first=None):
+    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None):
         # Argument checks mirror nn's forward, so errors have the same types and messages.
         if input.dim() not in (2, 3):
             raise ValueError(self._INPUT_DIM_ERROR.format(name=self.mode.split("_")[0], dim=input.dim()))
         batched = input.dim() == 3
-        batch_first = self.batch_first if batch_first is None else batch_first
+        batch_first = self.batch_first
         batch_dim = 0 if batch_first else 1
         if not batched:
             input = input.unsqueeze(batch_dim)
