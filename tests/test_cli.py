@@ -57,6 +57,7 @@ BAD_INPUTS = {
     "save to a directory": (["--save", "/tmp"], "--save: /tmp is a directory"),
     "metrics in a missing directory": (["--metrics-csv", "/nonexistent/m.csv"], "--metrics-csv: directory"),
     "metrics to a directory": (["--metrics-csv", "/tmp"], "--metrics-csv: /tmp is a directory"),
+    "fusion without triton": (["--impl", "nn", "--fusion", "step"], "--fusion: applies to --impl triton only"),
 }
 
 

@@ -156,3 +156,32 @@ def test_packed_input_to_a_batch_first_layer(cell, no_torch_recurrence):
     s32, s64 = (s32, s64) if cell == "LSTM" else ((s32,), (s64,))
     errors.update({f"state{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(s32, s64))})
     assert_close(errors)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("lengths", [[], torch.zeros(0, dtype=torch.int64)], ids=["list", "tensor"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_an_empty_batch_with_empty_lengths_gives_nn_empty_results(cell, lengths, backend):
+    ref_class, name, extra = ALL_CELLS[cell]
+    ref = ref_class(3, 5, **extra)
+    ours = getattr(lstm_triton, name)(3, 5, backend=backend, device=DEVICE, **extra)
+    x = torch.randn(4, 0, 3)
+    y_ref, s_ref = ref(x)
+    y, s = ours(x.to(DEVICE), lengths=lengths)
+    assert y.shape == y_ref.shape
+    for a, b in zip(s if cell == "LSTM" else (s,), s_ref if cell == "LSTM" else (s_ref,)):
+        assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("lengths", [[1, None], ["a", "b"], [[1], [2]], [1.5, 2.0]],
+                         ids=["none", "strings", "2-D", "floats"])
+def test_lengths_that_are_not_integers_raise_one_value_error(lengths):
+    with pytest.raises(ValueError, match="^lengths must ") as info:
+        lstm_triton.GRU(2, 5, backend="triton")(torch.randn(3, 2, 2, device=DEVICE), lengths=lengths)
+    assert "\n" not in str(info.value)
+
+
+def test_an_input_that_is_not_a_tensor_is_a_type_error():
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="input must be a torch.Tensor or a PackedSequence, got ndarray"):
+        lstm_triton.LSTM(2, 5)(np.zeros((3, 2, 2), dtype=np.float32))

@@ -35,7 +35,13 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
     """``lengths`` (sequence of B ints or a 1-D integer tensor, any device) -> int64 (B,) on ``device``.
 
     Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T]."""
-    t = torch.as_tensor(lengths)
+    try:
+        t = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got "
+                         f"{type(lengths).__name__} {lengths!r:.60}") from None
+    if t.numel() == 0 and not torch.is_tensor(lengths):
+        t = t.to(torch.int64)  # torch.as_tensor([]) is float32: an empty list is an empty batch's lengths
     if t.dim() != 1 or t.numel() != B:
         raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got shape "
                          f"{tuple(t.shape)}")
@@ -146,7 +152,10 @@ def torch_layer(x, states: tuple, weights: list, has_bias: bool, lengths: torch.
 
 def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool):
     """``nn.LSTM.forward`` (``forward``) on padded ``input`` with ``lengths`` and states ``hx``, via
-    packing; the output is padded again to the input's length."""
+    packing; the output is padded again to the input's length. An empty batch needs no packing
+    (nor can it be packed): nn's own forward on the dense input gives its empty results."""
+    if input.size(0 if batch_first else 1) == 0:
+        return forward(input, hx)
     T = input.size(1 if batch_first else 0)
     packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=batch_first, enforce_sorted=False)
     out, states = forward(packed, hx)
