@@ -192,6 +192,14 @@ PROFILES = {
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
                             interpreted=(("triton-step", "forward_backward"),), interpreted_T=64),
+        # GRU and RNN within the 15 minutes (~2.5 min for both, estimated from single cases): the d2l
+        # shape in every mode (interpreted Triton there too, as for the LSTM) and the sweeps, but no
+        # large shape (~40 s a cell for naive and nn); the char LM 100 epochs for naive and nn
+        # (~25 s a cell), 1 for the interpreted Triton levels (~30 s a cell: 12-16 s an epoch at
+        # the step level, which GRU/RNN persistent also runs until they get their kernel)
+        lstm_only_shapes=("large",),
+        cell_e2e=tuple((cell, E2EConfig(epochs=100, interpreted_epochs=1, check_epochs=1))
+                       for cell in ("gru", "rnn", "rnn_relu")),
     ),
     "tiny": Profile(
         "tiny", named=(Shape("d2l", 5, 3, 7, 20),),

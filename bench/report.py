@@ -375,6 +375,12 @@ def plot_varlen(df: pd.DataFrame, path: Path, device: str) -> None:
 # ----------------------------------------------------------------------------- summary
 
 
+def _row_cells(grp: pd.DataFrame, providers: list[str], fmt) -> list[str]:
+    """A table row's cells: ``fmt(provider, row)`` of each provider's row in ``grp``, '—' where it has none."""
+    rows = [grp[grp["provider"] == provider] for provider in providers]
+    return ["—" if row.empty else fmt(provider, row.iloc[0]) for provider, row in zip(providers, rows)]
+
+
 def varlen_summary(df: pd.DataFrame) -> list[str]:
     """summary.md lines for the variable-length benchmark (LSTM only: part of the LSTM section): at
     the largest timed T, per mode and dtype, each provider's latency with its speedup over nn packed
@@ -394,18 +400,13 @@ def varlen_summary(df: pd.DataFrame) -> list[str]:
         providers = _ordered(at["provider"])
         lines += [f"At T={T}: median latency (speedup over nn.LSTM packed; Triton: latency ÷ triton-padded's).",
                   "", "| mode | dtype | " + " | ".join(providers) + " |", "|---|---|" + "---:|" * len(providers)]
+        def fmt(provider: str, r) -> str:
+            ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
+                provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
+            return f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})"
+
         for (mode, dtype), grp in at.groupby(["mode", "dtype"], sort=False):
-            cells = []
-            for provider in providers:
-                row = grp[grp["provider"] == provider]
-                if row.empty:
-                    cells.append("—")
-                    continue
-                r = row.iloc[0]
-                ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
-                    provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
-                cells.append(f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})")
-            lines.append(f"| {mode} | {dtype} | " + " | ".join(cells) + " |")
+            lines.append(f"| {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
         lines.append("")
     interp = varlen[varlen["interpreted"] & (varlen["metric"] == "max_rel_err")]
     checked = varlen[varlen["metric"] == "max_rel_err"].groupby("provider")["p50"].max()
@@ -526,16 +527,9 @@ def _latency_section(df: pd.DataFrame, cell: str) -> list[str]:
     lines = [f"### One layer, median latency (speedup over {_nn_name(cell)})", "",
              "| shape | mode | dtype | " + " | ".join(label[p] for p in providers) + " |",
              "|---|---|---|" + "---:|" * len(providers)]
+    fmt = lambda _, r: f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
     for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
-        cells = []
-        for provider in providers:
-            row = grp[grp["provider"] == provider]
-            if row.empty:
-                cells.append("—")
-                continue
-            speedup = _fmt(row["speedup_vs_nn"].iloc[0], ".2f", suffix="×")
-            cells.append(f"{row['latency_ms'].iloc[0]:.3g} ms ({speedup})")
-        lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(cells) + " |")
+        lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
     return lines + [""]
 
 
