@@ -80,6 +80,7 @@ class E2EConfig:
     num_steps: int = 35
     max_tokens: int = 10_000
     val_tokens: int = 5_000
+    predict_chars: int = 50  # d2l's greedy continuation after each prefix (one interpreted step a character)
 
 
 @dataclass(frozen=True)
@@ -136,15 +137,18 @@ class Profile:
         e2e = self.e2e_for(cell)
 
         def epochs(cfg: E2EConfig) -> str:
-            interp = (f", interpreted Triton {cfg.interpreted_epochs}"
+            interp = (f"interpreted Triton {cfg.interpreted_epochs}, "
                       if cfg.interpreted_epochs not in (None, cfg.epochs) else "")
-            return f"{cfg.epochs} epochs{interp}, checked against nn over {cfg.check_epochs}"
+            return f"{cfg.epochs} epochs ({interp}perplexity checked against nn over {cfg.check_epochs})"
 
+        lstm = ["every shape" if self.lstm_only_shapes else "the same shapes"]
         if e2e != self.e2e:
-            parts.append(f"trains the char LM {epochs(e2e)} (LSTM: {epochs(self.e2e)})")
+            parts.append(f"trains the char LM {epochs(e2e)}")
+            lstm.append(epochs(self.e2e))
         if not parts:
             return ""
-        return f"The {self.name} profile {'; '.join(parts)} for {CELL_TITLES.get(cell, cell)}."
+        return (f"For {CELL_TITLES.get(cell, cell)} the {self.name} profile {' and '.join(parts)} to keep the "
+                f"run short; the LSTM gets {' and '.join(lstm)}.")
 
     def rounds_for(self, shape_name: str, interpreted: bool) -> tuple[int, int]:
         """(rounds, warmup_rounds) for one layer case: interpreter runs are correctness runs,
@@ -192,13 +196,14 @@ PROFILES = {
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
                             interpreted=(("triton-step", "forward_backward"),), interpreted_T=64),
-        # GRU and RNN within the 15 minutes (~2.5 min for both, estimated from single cases): the d2l
-        # shape in every mode (interpreted Triton there too, as for the LSTM) and the sweeps, but no
-        # large shape (~40 s a cell for naive and nn); the char LM 100 epochs for naive and nn
-        # (~25 s a cell), 1 for the interpreted Triton levels (~30 s a cell: 12-16 s an epoch at
-        # the step level, which GRU/RNN persistent also runs until they get their kernel)
+        # GRU and RNN within the 15 minutes: ~2.5 min for both on an idle 2-core machine, estimated
+        # from single cases (quiet-machine seconds, ~1.3x idle: layer cases 47, char LM naive+nn 45,
+        # interpreted char LM 100). The d2l shape in every mode (interpreted Triton there too, as for
+        # the LSTM) and the sweeps, but no large shape (~40 s a cell for naive and nn); the char LM
+        # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20 s an epoch with the
+        # predictions at the step level, which GRU/RNN persistent also runs until they get a kernel)
         lstm_only_shapes=("large",),
-        cell_e2e=tuple((cell, E2EConfig(epochs=100, interpreted_epochs=1, check_epochs=1))
+        cell_e2e=tuple((cell, E2EConfig(epochs=50, interpreted_epochs=1, check_epochs=1))
                        for cell in ("gru", "rnn", "rnn_relu")),
     ),
     "tiny": Profile(
@@ -207,7 +212,7 @@ PROFILES = {
         + _sweep("seq_len", (2, 5), 0, 2, 12),
         dtypes=("fp32",), rounds=1,
         e2e=E2EConfig(epochs=3, interpreted_epochs=2, check_epochs=2, hidden_size=16, batch_size=4, num_steps=6,
-                      max_tokens=400, val_tokens=120),
+                      max_tokens=400, val_tokens=120, predict_chars=10),
         interpreted_shapes=("d2l", "batch", "hidden", "seq_len"), warmup_rounds=0,
         varlen=VarlenConfig(Ts=(4, 8), B=3, I=5, H=6, interpreted=tuple(
             (p, m) for p in ("triton-cell", "triton-step", "triton-persistent", "triton-padded")
@@ -216,7 +221,8 @@ PROFILES = {
         # code as the LSTM's), and a shorter end-to-end run on less text
         lstm_only_shapes=("batch", "hidden", "seq_len"),
         cell_e2e=tuple((cell, E2EConfig(epochs=2, interpreted_epochs=1, check_epochs=1, hidden_size=16,
-                                        batch_size=4, num_steps=6, max_tokens=160, val_tokens=60))
+                                        batch_size=4, num_steps=6, max_tokens=160, val_tokens=60,
+                                        predict_chars=10))
                        for cell in ("gru", "rnn", "rnn_relu")),
     ),
 }

@@ -191,7 +191,7 @@ def plot_sweep(df: pd.DataFrame, axis: str, path: Path, device: str) -> None:
             ax.set_title(f"{_title(cell)} {dtype}")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
-    fig.suptitle(f"Layer throughput vs {axis}, by cell — {device}", fontsize=10)
+    fig.suptitle(f"Layer throughput vs {axis}, a row per cell\n{device}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -271,7 +271,8 @@ def plot_perplexity(df: pd.DataFrame, path: Path, device: str) -> None:
                                                                        values="p50")
         for k, provider in enumerate(_ordered(data["provider"])):
             sub = data[data["provider"] == provider]
-            tag = _ran_as(provider, sub["fusion"].iloc[0]) + (" (interpreter)" if sub["interpreted"].any() else "")
+            notes = ["interpreter"] * bool(sub["interpreted"].any()) + [_ran_as(provider, sub["fusion"].iloc[0])[2:-1]]
+            tag = f" ({', '.join(n for n in notes if n)})" if any(notes) else ""
             for metric, style in (("train_perplexity", "-"), ("val_perplexity", "--")):
                 s = sub[sub["metric"] == metric].sort_values("x_value")
                 if not s.empty:  # markers of different shapes and sizes keep overlapping curves visible
@@ -504,7 +505,8 @@ def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
                   "implementations can grow over a long run): largest over all shared epochs "
                   + ", ".join(f"{r.provider} {r.ppl_gap_vs_nn_all:.1%}" for r in longer.itertuples()) + "."]
     prefixes = _prefixes(runs)
-    lines += ["", "Greedy continuations after training (d2l's `predict`, 50 characters):", "",
+    chars = next((info["predict_chars"] for info in runs.values() if info.get("predict_chars")), 50)
+    lines += ["", f"Greedy continuations after training (d2l's `predict`, {chars} characters):", "",
               "| provider | epochs | " + " | ".join(f"'{p}' continues as" for p in prefixes) + " |",
               "|---|---:|" + "---|" * len(prefixes)]
     epochs_of = head.set_index("provider")["epochs"]

@@ -2,7 +2,8 @@
 data order.
 
 Records per-epoch tokens/s and training/validation perplexity, and the final predictions (d2l's
-greedy ``predict`` after the prefixes 'time traveller' and 'traveller', 50 characters). Each cell
+greedy ``predict`` after the prefixes 'time traveller' and 'traveller', 50 characters; the tiny
+profile 10). Each cell
 has d2l's chapter settings (hidden 256 for LSTM and GRU, 512 for the RNN unless the profile sets
 one) and the profile's epochs for it (``profile.e2e_for(cell)``): timed providers train ``epochs``
 (500 for the LSTM on CPU and GPU: d2l's convergence); Triton under the interpreter trains
@@ -68,7 +69,8 @@ def test_e2e_training(benchmark, e2e_case, profile, device, machine):
         "check_epochs": e2e.check_epochs, "cell_plan": profile.cell_plan(cell),
         "epochs": metrics.to_dict("records"),
         "tokens_per_sec_median": float(metrics["tokens_per_sec"].median()),
-        "predictions": {p: predict(trainer.model, p, 50, trainer.data.vocab, device) for p in PREFIXES},
+        "predict_chars": e2e.predict_chars,
+        "predictions": {p: predict(trainer.model, p, e2e.predict_chars, trainer.data.vocab, device) for p in PREFIXES},
     })
     ppl = dict(zip(metrics["epoch"], metrics["train_perplexity"]))
     assert all(math.isfinite(p) for p in ppl.values()), f"{cell} {e2e_provider}: non-finite training perplexity"
