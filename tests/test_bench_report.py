@@ -172,6 +172,9 @@ def test_varlen_rows_count_real_tokens_and_record_the_length_distribution(tiny_r
     assert ((timed["tokens_per_sec"] / expected - 1).abs() < 1e-9).all()
     triton = varlen[varlen["provider"].str.startswith("triton")]
     assert triton["interpreted"].all()  # no GPU here: correctness runs, labelled as such
+    assert (varlen["cell"] == "lstm").all()
+    assert (triton[triton["provider"] == "triton-cell"]["fusion"] == "cell").all()  # the level that ran
+    assert triton["fusion"].isin(["cell", "step", "persistent"]).all()
     errors = varlen[varlen["metric"] == "max_rel_err"]["p50"]
     assert len(errors) and (errors <= 1e-5).all()  # fp32 vs float64 nn.LSTM on the packed input
 
