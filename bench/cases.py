@@ -1,4 +1,10 @@
-"""What gets benchmarked, per profile: shapes (named and swept), modes, dtypes, rounds, epochs.
+"""What gets benchmarked, per profile: cells, shapes (named and swept), modes, dtypes, rounds, epochs.
+
+Cells (:data:`CELLS`): ``lstm``, ``gru`` and ``rnn`` (d2l's tanh RNN) in every profile; ``rnn_relu``
+(nn.RNN's other nonlinearity) only when asked for (``--bench-cells``). Each cell gets the same
+providers, shapes and modes; a profile may leave a shape out for the cells other than the LSTM
+(``lstm_only_shapes``) and give them their own end-to-end settings (``cell_e2e``), and says so in
+summary.md (:meth:`Profile.cell_plan`).
 
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
 minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
@@ -10,7 +16,10 @@ CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctnes
 Where the ``cpu`` profile saves time (it tells a CPU user least): interpreted cases get one
 round and no warm-up round (their clock is no performance figure); the large
 shape (seconds per round on a CPU) gets one round and no warm-up round (the untimed ``run()``
-before the clock already warms the allocator; on a CPU there is nothing to compile).
+before the clock already warms the allocator; on a CPU there is nothing to compile). GRU and RNN
+on the CPU (``make bench`` stays under 15 minutes): no large shape, and a shorter end-to-end run
+(see the ``cpu`` entry of :data:`PROFILES`); their interpreted Triton layer cases are the LSTM's
+(d2l shape, every mode, one round).
 """
 
 from __future__ import annotations
@@ -21,6 +30,22 @@ import torch
 
 MODES = ("forward", "forward_backward", "train_step")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# Benchmark cell name -> (cell, nonlinearity) of lstm_triton.charlm (TrainConfig, layer_from_weights).
+# "rnn" is d2l's RNN (tanh). "rnn_relu" runs the same kernels with relu as the compile-time
+# activation (kernels/cell_math.py): the same GEMMs and memory traffic as tanh, so it is no
+# separate performance point, and d2l has no relu char LM; it runs only when asked for.
+CELLS = {"lstm": ("lstm", "tanh"), "gru": ("gru", "tanh"), "rnn": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu")}
+DEFAULT_CELLS = ("lstm", "gru", "rnn")
+CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN (tanh)", "rnn_relu": "RNN (relu)"}
+NN_CLASS_NAMES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN", "rnn_relu": "nn.RNN"}
+
+
+def cell_args(cell: str) -> tuple[str, str]:
+    """``(cell, nonlinearity)`` of a benchmark cell name; ValueError naming the choices."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    return CELLS[cell]
 
 
 @dataclass(frozen=True)
@@ -50,11 +75,12 @@ class E2EConfig:
     epochs: int
     interpreted_epochs: int | None = None
     check_epochs: int = 10
-    hidden_size: int = 256
+    hidden_size: int | None = None  # None: d2l's for the cell (256 for LSTM and GRU, 512 for the RNN)
     batch_size: int = 32
     num_steps: int = 35
     max_tokens: int = 10_000
     val_tokens: int = 5_000
+    predict_chars: int = 50  # d2l's greedy continuation after each prefix (one interpreted step a character)
 
 
 @dataclass(frozen=True)
@@ -84,7 +110,45 @@ class Profile:
     interpreted_shapes: tuple[str, ...] = ("d2l",)  # where interpreted Triton providers still run
     warmup_rounds: int = 1  # timed warm-up rounds after the untimed warm-up call
     large_rounds: int | None = None  # rounds at the "large" shape, no warm-up round (None: as elsewhere)
-    varlen: VarlenConfig | None = None  # variable-length batches (None: not benchmarked)
+    varlen: VarlenConfig | None = None  # variable-length batches, LSTM only (None: not benchmarked)
+    cells: tuple[str, ...] = DEFAULT_CELLS  # benchmarked cells, LSTM first
+    lstm_only_shapes: tuple[str, ...] = ()  # shape names (named, or sweep axes) the other cells leave out
+    cell_e2e: tuple[tuple[str, E2EConfig], ...] = ()  # end-to-end settings of a cell other than ``e2e``
+
+    def e2e_for(self, cell: str) -> E2EConfig:
+        """The end-to-end settings of ``cell`` (``e2e`` unless ``cell_e2e`` names the cell)."""
+        return dict(self.cell_e2e).get(cell, self.e2e)
+
+    def shapes_for(self, cell: str, shapes: tuple[Shape, ...]) -> tuple[Shape, ...]:
+        return shapes if cell == "lstm" else tuple(s for s in shapes if s.name not in self.lstm_only_shapes)
+
+    def cell_plan(self, cell: str) -> str:
+        """One sentence for summary.md: what this profile runs for ``cell`` where it differs from
+        the LSTM ('' where it does not)."""
+        if cell == "lstm":
+            return ""
+        parts = []
+        named = [s.name for s in self.named if s.name in self.lstm_only_shapes]
+        sweeps = list(dict.fromkeys(s.name for s in self.sweeps if s.name in self.lstm_only_shapes))
+        if named:
+            parts.append(f"leaves out the {' and '.join(named)} {'shape' if len(named) == 1 else 'shapes'}")
+        if sweeps:
+            parts.append(f"leaves out the {', '.join(sweeps)} {'sweep' if len(sweeps) == 1 else 'sweeps'}")
+        e2e = self.e2e_for(cell)
+
+        def epochs(cfg: E2EConfig) -> str:
+            interp = (f"interpreted Triton {cfg.interpreted_epochs}, "
+                      if cfg.interpreted_epochs not in (None, cfg.epochs) else "")
+            return f"{cfg.epochs} epochs ({interp}perplexity checked against nn over {cfg.check_epochs})"
+
+        lstm = ["every shape" if self.lstm_only_shapes else "the same shapes"]
+        if e2e != self.e2e:
+            parts.append(f"trains the char LM {epochs(e2e)}")
+            lstm.append(epochs(self.e2e))
+        if not parts:
+            return ""
+        return (f"For {CELL_TITLES.get(cell, cell)} the {self.name} profile {' and '.join(parts)} to keep the "
+                f"run short; the LSTM gets {' and '.join(lstm)}.")
 
     def rounds_for(self, shape_name: str, interpreted: bool) -> tuple[int, int]:
         """(rounds, warmup_rounds) for one layer case: interpreter runs are correctness runs,
@@ -95,10 +159,11 @@ class Profile:
             return self.large_rounds, 0  # seconds per round: the untimed warm-up call suffices
         return self.rounds, self.warmup_rounds
 
-    def e2e_epochs(self, interpreted: bool) -> int:
-        if interpreted and self.e2e.interpreted_epochs is not None:
-            return self.e2e.interpreted_epochs
-        return self.e2e.epochs
+    def e2e_epochs(self, interpreted: bool, cell: str = "lstm") -> int:
+        e2e = self.e2e_for(cell)
+        if interpreted and e2e.interpreted_epochs is not None:
+            return e2e.interpreted_epochs
+        return e2e.epochs
 
 
 def _sweep(axis: str, values, T: int, B: int, H: int, I: int | None = None) -> tuple[Shape, ...]:
@@ -131,6 +196,15 @@ PROFILES = {
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
                             interpreted=(("triton-step", "forward_backward"),), interpreted_T=64),
+        # GRU and RNN within the 15 minutes: ~2.5 min for both on an idle 2-core machine, estimated
+        # from single cases (quiet-machine seconds, ~1.3x idle: layer cases 47, char LM naive+nn 45,
+        # interpreted char LM 100). The d2l shape in every mode (interpreted Triton there too, as for
+        # the LSTM) and the sweeps, but no large shape (~40 s a cell for naive and nn); the char LM
+        # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20 s an epoch with the
+        # predictions at the step level, which GRU/RNN persistent also runs until they get a kernel)
+        lstm_only_shapes=("large",),
+        cell_e2e=tuple((cell, E2EConfig(epochs=50, interpreted_epochs=1, check_epochs=1))
+                       for cell in ("gru", "rnn", "rnn_relu")),
     ),
     "tiny": Profile(
         "tiny", named=(Shape("d2l", 5, 3, 7, 20),),
@@ -138,11 +212,18 @@ PROFILES = {
         + _sweep("seq_len", (2, 5), 0, 2, 12),
         dtypes=("fp32",), rounds=1,
         e2e=E2EConfig(epochs=3, interpreted_epochs=2, check_epochs=2, hidden_size=16, batch_size=4, num_steps=6,
-                      max_tokens=400, val_tokens=120),
+                      max_tokens=400, val_tokens=120, predict_chars=10),
         interpreted_shapes=("d2l", "batch", "hidden", "seq_len"), warmup_rounds=0,
         varlen=VarlenConfig(Ts=(4, 8), B=3, I=5, H=6, interpreted=tuple(
             (p, m) for p in ("triton-cell", "triton-step", "triton-persistent", "triton-padded")
             for m in ("forward", "forward_backward")), interpreted_T=8),
+        # GRU and RNN (make test's budget): the named shape in every mode (the sweeps run the same
+        # code as the LSTM's), and a shorter end-to-end run on less text
+        lstm_only_shapes=("batch", "hidden", "seq_len"),
+        cell_e2e=tuple((cell, E2EConfig(epochs=2, interpreted_epochs=1, check_epochs=1, hidden_size=16,
+                                        batch_size=4, num_steps=6, max_tokens=160, val_tokens=60,
+                                        predict_chars=10))
+                       for cell in ("gru", "rnn", "rnn_relu")),
     ),
 }
 
@@ -155,26 +236,56 @@ def resolve_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
+def resolve_cells(profile: Profile, requested: str | None = None) -> tuple[str, ...]:
+    """The cells to benchmark: ``requested`` (comma-separated names of :data:`CELLS`) or the
+    profile's, in :data:`CELLS` order (LSTM first). ValueError naming unknown cells."""
+    chosen = [c.strip() for c in requested.split(",") if c.strip()] if requested else list(profile.cells)
+    unknown = [c for c in chosen if c not in CELLS]
+    if unknown or not chosen:
+        raise ValueError(f"cells must be a comma-separated subset of {', '.join(CELLS)}, got {requested!r}")
+    return tuple(c for c in CELLS if c in chosen)
+
+
 @dataclass(frozen=True)
 class LayerCase:
     provider: str
     mode: str
     shape: Shape
     dtype: str
+    cell: str = "lstm"
 
     @property
     def id(self) -> str:
-        return f"{self.provider}-{self.mode}-{self.shape.label}-{self.dtype}"
+        return f"{self.cell}-{self.provider}-{self.mode}-{self.shape.label}-{self.dtype}"
 
 
-def layer_cases(profile: Profile, providers) -> list[LayerCase]:
+def layer_cases(profile: Profile, providers, cells: tuple[str, ...] | None = None) -> list[LayerCase]:
+    """Every (cell, dtype, shape, mode, provider) layer case, cell by cell (LSTM first)."""
     cases = []
-    for dtype in profile.dtypes:
-        for shape in profile.named:
-            cases += [LayerCase(p, m, shape, dtype) for m in MODES for p in providers]
-        for shape in profile.sweeps:
-            cases += [LayerCase(p, "forward_backward", shape, dtype) for p in providers]
+    for cell in cells if cells is not None else profile.cells:
+        for dtype in profile.dtypes:
+            for shape in profile.shapes_for(cell, profile.named):
+                cases += [LayerCase(p, m, shape, dtype, cell) for m in MODES for p in providers]
+            for shape in profile.shapes_for(cell, profile.sweeps):
+                cases += [LayerCase(p, "forward_backward", shape, dtype, cell) for p in providers]
     return cases
+
+
+@dataclass(frozen=True)
+class E2ECase:
+    cell: str
+    provider: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.cell}-{self.provider}"
+
+
+def e2e_cases(profile: Profile, providers, cells: tuple[str, ...] | None = None) -> list[E2ECase]:
+    """End-to-end training runs, cell by cell; within a cell nn first (the others' perplexity is
+    compared with it in the same run)."""
+    ordered = sorted(providers, key=lambda p: p != "nn")
+    return [E2ECase(cell, p) for cell in (cells if cells is not None else profile.cells) for p in ordered]
 
 
 @dataclass(frozen=True)

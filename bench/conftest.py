@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
 
-from bench.cases import layer_cases, resolve_profile, varlen_cases  # noqa: E402
+from bench.cases import CELLS, e2e_cases, layer_cases, resolve_cells, resolve_profile, varlen_cases  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
 from bench.providers import PROVIDERS  # noqa: E402
 from bench.varlen import VARLEN_PROVIDERS  # noqa: E402
@@ -27,6 +27,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-profile", default="auto", help="auto (gpu if CUDA else cpu), gpu, cpu or tiny")
     group.addoption("--bench-providers", default=",".join(ALL_PROVIDERS),
                     help="comma-separated providers (nn-padded and triton-padded: variable-length benchmark only)")
+    group.addoption("--bench-cells", default=None,
+                    help=f"comma-separated cells of {', '.join(CELLS)} (default: the profile's, lstm,gru,rnn; "
+                         "rnn is tanh; the variable-length benchmark runs when lstm is among them)")
 
 
 def _profile(config):
@@ -42,16 +45,25 @@ def _providers(config):
     return sorted(chosen, key=lambda p: (p != "nn", ALL_PROVIDERS.index(p)))
 
 
+def _cells(config):
+    try:
+        return resolve_cells(_profile(config), config.getoption("--bench-cells"))
+    except ValueError as err:
+        raise pytest.UsageError(f"--bench-cells: {err}") from None
+
+
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     if "layer_case" in metafunc.fixturenames:
-        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS])
+        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS], _cells(config))
         metafunc.parametrize("layer_case", cases, ids=[c.id for c in cases])
-    if "varlen_case" in metafunc.fixturenames:
-        cases = varlen_cases(_profile(config), [p for p in _providers(config) if p in VARLEN_PROVIDERS])
+    if "varlen_case" in metafunc.fixturenames:  # nn.LSTM's packed path: LSTM only
+        providers = [p for p in _providers(config) if p in VARLEN_PROVIDERS] if "lstm" in _cells(config) else []
+        cases = varlen_cases(_profile(config), providers)
         metafunc.parametrize("varlen_case", cases, ids=[c.id for c in cases])
-    if "e2e_provider" in metafunc.fixturenames:
-        metafunc.parametrize("e2e_provider", [p for p in _providers(config) if p in PROVIDERS])
+    if "e2e_case" in metafunc.fixturenames:
+        cases = e2e_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS], _cells(config))
+        metafunc.parametrize("e2e_case", cases, ids=[c.id for c in cases])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,5 @@
-"""Timed operations for one layer, the float64 reference they are checked against, and
-device-aware helpers (synchronisation, kernel latency, peak memory)."""
+"""Timed operations for one layer of any cell, the float64 reference of the same cell they are
+checked against, and device-aware helpers (synchronisation, kernel latency, peak memory)."""
 
 from __future__ import annotations
 
@@ -22,33 +22,47 @@ def synchronize(device: torch.device) -> None:
 class LayerInputs:
     x: torch.Tensor  # (T, B, I), requires grad
     h0: torch.Tensor  # (1, B, H), requires grad
-    c0: torch.Tensor
+    c0: torch.Tensor | None  # the LSTM's cell state (1, B, H); None for GRU and RNN
     dy: torch.Tensor  # upstream gradient of the output, (T, B, H)
 
+    @property
+    def hx(self):
+        """The initial state in torch.nn's form: ``(h0, c0)`` for the LSTM, ``h0`` otherwise."""
+        return self.h0 if self.c0 is None else (self.h0, self.c0)
 
-def make_inputs(T: int, B: int, I: int, H: int, device, dtype, seed: int = 0) -> LayerInputs:
+    @property
+    def leaves(self) -> dict[str, torch.Tensor]:
+        """The input-side gradient leaves by their reference names (d_input, d_h0, d_c0)."""
+        named = {"d_input": self.x, "d_h0": self.h0, "d_c0": self.c0}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def make_inputs(T: int, B: int, I: int, H: int, device, dtype, seed: int = 0, cell: str = "lstm") -> LayerInputs:
+    """Seeded inputs; the LSTM's draws (x, h0, c0, dy) are the same whatever other cells exist."""
     gen = torch.Generator().manual_seed(seed)
     draw = lambda *shape: torch.randn(shape, generator=gen, dtype=torch.float64)
-    x, h0, c0, dy = draw(T, B, I), draw(1, B, H), draw(1, B, H), draw(T, B, H)
+    x, h0 = draw(T, B, I), draw(1, B, H)
+    c0 = draw(1, B, H) if cell == "lstm" else None
+    dy = draw(T, B, H)
     move = lambda t, grad: t.to(device=device, dtype=dtype).requires_grad_(grad)
-    return LayerInputs(move(x, True), move(h0, True), move(c0, True), move(dy, False))
+    return LayerInputs(move(x, True), move(h0, True), None if c0 is None else move(c0, True), move(dy, False))
 
 
 def operation(mode: str, layer: nn.Module, inputs: LayerInputs, device: torch.device) -> Callable[[], None]:
     """A no-argument callable that runs ``mode`` once and synchronises (what the clock times)."""
     params = list(layer.parameters())
-    leaves = [inputs.x, inputs.h0, inputs.c0]
+    leaves = list(inputs.leaves.values())
     optimizer = torch.optim.SGD(params, lr=1e-3) if mode == "train_step" else None
 
     def forward():
         with torch.no_grad():
-            layer(inputs.x, (inputs.h0, inputs.c0))
+            layer(inputs.x, inputs.hx)
         synchronize(device)
 
     def forward_backward():
         for t in params + leaves:
             t.grad = None
-        out, _ = layer(inputs.x, (inputs.h0, inputs.c0))
+        out, _ = layer(inputs.x, inputs.hx)
         out.backward(inputs.dy)
         if optimizer is not None:
             clip_gradients(layer, 1.0)
@@ -63,16 +77,17 @@ def operation(mode: str, layer: nn.Module, inputs: LayerInputs, device: torch.de
 
 
 @lru_cache(maxsize=4)
-def reference(T: int, B: int, I: int, H: int, weights_key: int, seed: int = 0):
-    """nn.LSTM in float64 on CPU: output and every gradient, for the benchmark's inputs."""
-    from bench.providers import reference_weights
+def reference(T: int, B: int, I: int, H: int, weights_key: int, seed: int = 0, cell: str = "lstm"):
+    """torch.nn's layer of ``cell`` in float64 on CPU: output and every gradient, for the
+    benchmark's inputs."""
+    from bench.providers import build_layer, reference_weights
 
-    ref = nn.LSTM(I, H, dtype=torch.float64)
-    ref.load_state_dict({k: v.double() for k, v in reference_weights(I, H, weights_key).items()})
-    inputs = make_inputs(T, B, I, H, "cpu", torch.float64, seed)
-    out, _ = ref(inputs.x, (inputs.h0, inputs.c0))
+    weights = {k: v.double() for k, v in reference_weights(I, H, weights_key, cell).items()}
+    ref = build_layer("nn", weights, "cpu", torch.float64, cell)
+    inputs = make_inputs(T, B, I, H, "cpu", torch.float64, seed, cell)
+    out, _ = ref(inputs.x, inputs.hx)
     out.backward(inputs.dy)
-    grads = {"d_input": inputs.x.grad, "d_h0": inputs.h0.grad, "d_c0": inputs.c0.grad}
+    grads = {name: leaf.grad for name, leaf in inputs.leaves.items()}
     grads.update({f"d_{k}": p.grad for k, p in ref.named_parameters()})
     return out.detach(), grads
 
@@ -84,16 +99,20 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def check_against_reference(layer, mode, T, B, I, H, device, dtype, weights_key) -> dict[str, float]:
-    """Relative errors of the output (and, for backward modes, every gradient) vs float64."""
-    ref_out, ref_grads = reference(T, B, I, H, weights_key)
-    inputs = make_inputs(T, B, I, H, device, dtype)
-    out, _ = layer(inputs.x, (inputs.h0, inputs.c0))
+def check_against_reference(layer, mode, T, B, I, H, device, dtype, weights_key,
+                            cell: str = "lstm") -> dict[str, float]:
+    """Relative errors of the output (and, for backward modes, every gradient) vs float64 torch.nn
+    of the same ``cell``."""
+    ref_out, ref_grads = reference(T, B, I, H, weights_key, cell=cell)
+    inputs = make_inputs(T, B, I, H, device, dtype, cell=cell)
+    out, _ = layer(inputs.x, inputs.hx)
     errors = {"output": rel_err(out, ref_out)}
     if mode != "forward":
         out.backward(inputs.dy)
-        actual = {"d_input": inputs.x.grad, "d_h0": inputs.h0.grad, "d_c0": inputs.c0.grad}
+        actual = {name: leaf.grad for name, leaf in inputs.leaves.items()}
         actual.update(nn_layout_grads(layer))
+        if set(actual) != set(ref_grads):
+            raise AssertionError(f"gradients {sorted(actual)} do not match the reference's {sorted(ref_grads)}")
         for name, grad in actual.items():
             errors[name] = rel_err(grad, ref_grads[name])
         layer.zero_grad(set_to_none=True)
@@ -101,17 +120,30 @@ def check_against_reference(layer, mode, T, B, I, H, device, dtype, weights_key)
 
 
 def nn_layout_grads(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """Weight gradients under nn.LSTM's names, also for the naive layer's separate matrices."""
-    from lstm_triton.charlm.naive import NN_ORDER, NaiveLSTM
+    """Weight gradients under torch.nn's names, also for the naive layers' separate matrices.
 
-    if not isinstance(layer, NaiveLSTM):
-        return {f"d_{k}": p.grad for k, p in layer.named_parameters()}
+    A naive layer has one bias where torch.nn adds two (``bias_ih + bias_hh``): both get its
+    gradient — except the GRU's n block, whose recurrent bias ``b_hn`` sits inside the reset
+    product and is a parameter of its own (bench/providers.py's weights carry a nonzero one)."""
+    from lstm_triton.charlm.naive import NN_ORDER, NaiveLSTM
+    from lstm_triton.charlm.naive_cells import GRU_NN_ORDER, NaiveGRU, NaiveRNN
+
     grad = lambda name: getattr(layer, name).grad
-    bias = torch.cat([grad(f"b_{g}") for g in NN_ORDER])
+    if isinstance(layer, NaiveLSTM):
+        order, hidden_bias = NN_ORDER, None
+    elif isinstance(layer, NaiveGRU):
+        order = GRU_NN_ORDER
+        hidden_bias = torch.zeros_like(grad("b_h")) if layer.b_hn is None else grad("b_hn")
+    elif isinstance(layer, NaiveRNN):
+        order, hidden_bias = ("h",), None
+    else:
+        return {f"d_{k}": p.grad for k, p in layer.named_parameters()}
+    bias = torch.cat([grad(f"b_{g}") for g in order])
+    bias_hh = bias if hidden_bias is None else torch.cat([bias[: -hidden_bias.numel()], hidden_bias])
     return {
-        "d_weight_ih_l0": torch.cat([grad(f"W_x{g}").T for g in NN_ORDER]),
-        "d_weight_hh_l0": torch.cat([grad(f"W_h{g}").T for g in NN_ORDER]),
-        "d_bias_ih_l0": bias, "d_bias_hh_l0": bias,  # one bias in the seed: both get its gradient
+        "d_weight_ih_l0": torch.cat([grad(f"W_x{g}").T for g in order]),
+        "d_weight_hh_l0": torch.cat([grad(f"W_h{g}").T for g in order]),
+        "d_bias_ih_l0": bias, "d_bias_hh_l0": bias_hh,
     }
 
 

@@ -1,8 +1,17 @@
-"""The benchmarked implementations ("providers"), built from identical weights.
+"""The benchmarked implementations ("providers"), built from identical weights, for every cell.
 
-Each provider turns one set of nn.LSTM-layout weights into a layer with nn.LSTM's calling
-convention (time-major ``(T, B, I)`` input, ``(h0, c0)`` of ``(1, B, H)``). A provider that
-cannot run here says why (``unavailable``), and its benchmarks are skipped with that reason.
+Each provider turns one set of PyTorch-layout layer-0 weights of a cell (``lstm``, ``gru``, ``rnn``
+— tanh —, ``rnn_relu``; see bench/cases.py) into a layer with torch.nn's calling convention
+(time-major ``(T, B, I)`` input; state ``(h0, c0)`` for the LSTM, ``h0`` for GRU and RNN, each
+``(1, B, H)``). A provider that cannot run here says why (``unavailable``), and its benchmarks are
+skipped with that reason.
+
+A ``triton-<level>`` provider asks for that fusion level; the layer may run another one (GRU and
+RNN have no persistent kernel in this version, so ``persistent`` resolves to ``step`` there, and
+bf16 under the interpreter goes to ``cell``). :func:`fusion_ran` asks the library's own decision
+(:func:`lstm_triton.layers.backend.choose_fusion`) which level a call of that shape runs, so the
+reports say what ran instead of what was asked for; once a cell gets a persistent kernel its
+``triton-persistent`` rows say ``persistent`` with no change here.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import torch
 from torch import nn
 
 import lstm_triton
+from bench.cases import cell_args
+from lstm_triton.charlm.cells import cell_mode, nn_class, nn_kwargs
 from lstm_triton.charlm.impls import layer_from_weights
 from lstm_triton.kernels.launch_config import interpreter_on
 
@@ -45,17 +56,38 @@ def status(provider: str, device: torch.device, dtype: torch.dtype) -> ProviderS
     return ProviderStatus(True, True)
 
 
-def build_layer(provider: str, weights: dict[str, torch.Tensor], device, dtype) -> nn.Module:
-    """A single-layer LSTM of ``provider`` holding exactly ``weights`` (nn.LSTM layer-0 names)."""
+def torch_mode(cell: str) -> str:
+    """nn.RNNBase.mode of a benchmark cell: LSTM, GRU, RNN_TANH, RNN_RELU."""
+    return cell_mode(*cell_args(cell)).upper()
+
+
+def fusion_ran(provider: str, cell: str, batch: int, hidden: int, dtype: torch.dtype, device) -> str | None:
+    """The fusion level a ``provider`` layer of ``cell`` runs for a (batch, hidden) call — the
+    library's own decision for the level the provider asks for; None for naive and nn."""
     impl, fusion = IMPL_OF[provider]
-    return layer_from_weights(impl, weights, fusion).to(device=device, dtype=dtype)
+    if impl != "triton":
+        return None
+    from lstm_triton.layers.backend import choose_fusion
+
+    return choose_fusion(fusion, batch, hidden, dtype, torch.device(device), cell=torch_mode(cell))
 
 
-def reference_weights(input_size: int, hidden: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """nn.LSTM's default initialisation, drawn from a fixed seed (float32, CPU)."""
+def build_layer(provider: str, weights: dict[str, torch.Tensor], device, dtype, cell: str = "lstm") -> nn.Module:
+    """A single-layer ``cell`` of ``provider`` holding exactly ``weights`` (PyTorch layer-0 names)."""
+    impl, fusion = IMPL_OF[provider]
+    name, nonlinearity = cell_args(cell)
+    layer = layer_from_weights(impl, weights, fusion, cell=name, nonlinearity=nonlinearity)
+    return layer.to(device=device, dtype=dtype)
+
+
+def reference_weights(input_size: int, hidden: int, seed: int = 0, cell: str = "lstm") -> dict[str, torch.Tensor]:
+    """torch.nn's default initialisation of ``cell`` (nn.LSTM / nn.GRU / nn.RNN), drawn from a
+    fixed seed (float32, CPU)."""
+    mode = cell_mode(*cell_args(cell))
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return {k: v.detach().clone() for k, v in nn.LSTM(input_size, hidden).state_dict().items()}
+        layer = nn_class(mode)(input_size, hidden, **nn_kwargs(mode))
+        return {k: v.detach().clone() for k, v in layer.state_dict().items()}
     finally:
         torch.random.set_rng_state(gen_state)

@@ -2,12 +2,19 @@
 
     python -m bench.report results/benchmark.json --out results
 
-CSV: one row per provider × mode × metric × x value, with p50/p20/p80, unit, the config as
-JSON, device, library versions and a timestamp. Interpreter runs (Triton on CPU) are labelled
-``interpreted`` and are never used for a speed figure: plots leave them out and the summary
-shows their perplexity but no speedup.
+CSV: one row per cell × provider × mode × metric × x value, with p50/p20/p80, unit, the config as
+JSON, device, library versions and a timestamp. ``cell`` is lstm, gru, rnn (tanh) or rnn_relu;
+``fusion`` is the fusion level a Triton provider actually ran (a level a cell has no kernel for
+resolves to another: GRU and RNN ask for persistent and run step in this version). Interpreter
+runs (Triton on CPU) are labelled ``interpreted`` and are never used for a speed figure: plots
+leave them out and the summary shows their perplexity but no speedup.
 
-Variable-length rows (bench/test_varlen_bench.py) have ``shape`` "varlen" and ``x_name``
+Grouping by cell: summary.md has a section per cell (LSTM first), each with its end-to-end table,
+its one-layer latency table (speedups over torch.nn's layer of that cell) and its correctness
+line; every plot has a row (or panel) per cell in the same order. JSON from before the cell
+dimension reads as LSTM.
+
+Variable-length rows (bench/test_varlen_bench.py, LSTM only) have ``shape`` "varlen" and ``x_name``
 "varlen_T" (x_value: the nominal length T; lengths uniform in [T/4, T]); their tokens/s counts real
 tokens only and their config holds the length distribution and the real-token count.
 """
@@ -22,9 +29,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.cases import CELL_TITLES, CELLS, NN_CLASS_NAMES
+
 PROVIDER_ORDER = ["naive", "nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded"]
-CSV_COLUMNS = ["provider", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit", "dtype", "shape",
-               "T", "B", "I", "H", "interpreted", "config", "device", "torch", "triton", "cudnn", "timestamp"]
+CELL_ORDER = list(CELLS)  # lstm, gru, rnn (tanh), rnn_relu: the order of summary sections and plot rows
+CSV_COLUMNS = ["cell", "provider", "fusion", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit",
+               "dtype", "shape", "T", "B", "I", "H", "interpreted", "config", "device", "torch", "triton", "cudnn",
+               "timestamp"]
+
+
+def _cells(df: pd.DataFrame) -> list[str]:
+    """The cells present in ``df``, LSTM first (CELL_ORDER), unknown names last."""
+    present = set(df["cell"].dropna()) if "cell" in df else set()
+    return sorted(present, key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else 99, c))
+
+
+def _title(cell: str) -> str:
+    return CELL_TITLES.get(cell, cell)
+
+
+def _nn_name(cell: str) -> str:
+    return NN_CLASS_NAMES.get(cell, "nn")
+
+
+def _ran_as(provider: str, fusion) -> str:
+    """' (ran as step)' when a ``triton-<level>`` provider ran another level; '' otherwise."""
+    if not provider.startswith("triton-") or not isinstance(fusion, str) or not fusion:
+        return ""
+    return "" if provider == f"triton-{fusion}" else f" (ran as {fusion})"
 
 
 def _quantiles(stats: dict) -> tuple[float, float, float]:
@@ -38,7 +70,8 @@ def _quantiles(stats: dict) -> tuple[float, float, float]:
 
 def _common(info: dict, timestamp: str) -> dict:
     m = info.get("machine", {})
-    return {"provider": info["provider"], "mode": info["mode"], "dtype": info.get("dtype"),
+    return {"cell": info.get("cell", "lstm"), "provider": info["provider"], "fusion": info.get("fusion"),
+            "mode": info["mode"], "dtype": info.get("dtype"),
             "shape": info.get("shape"), "interpreted": bool(info.get("interpreted")), "device": m.get("device"),
             "torch": m.get("torch"), "triton": m.get("triton"), "cudnn": m.get("cudnn"), "timestamp": timestamp}
 
@@ -47,6 +80,8 @@ def _layer_rows(bench: dict, timestamp: str) -> list[dict]:
     info = bench["extra_info"]
     swept = info.get("sweep_value") is not None
     config = {k: info[k] for k in ("T", "B", "I", "H", "dtype", "tolerance")}
+    if info.get("fusion_requested"):
+        config["fusion_requested"] = info["fusion_requested"]
     return _timing_rows(bench, timestamp, info["shape"] if swept else "shape",
                         info["sweep_value"] if swept else info["shape"], config)
 
@@ -97,7 +132,8 @@ def _e2e_rows(bench: dict, timestamp: str) -> list[dict]:
 
 
 def load_long_table(json_path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The long-format table and the raw e2e records (for predictions) from a benchmark JSON."""
+    """The long-format table and the raw e2e records (for predictions and each cell's profile
+    notes), keyed by ``(cell, provider)``, from a benchmark JSON."""
     raw = json.loads(Path(json_path).read_text())
     timestamp = raw.get("datetime", "")
     rows, e2e = [], {}
@@ -105,7 +141,7 @@ def load_long_table(json_path: str | Path) -> tuple[pd.DataFrame, dict]:
         info = bench.get("extra_info", {})
         if info.get("mode") == "e2e_training":
             rows += _e2e_rows(bench, timestamp)
-            e2e[info["provider"]] = info
+            e2e[(info.get("cell", "lstm"), info["provider"])] = info
         elif info.get("benchmark") == "varlen":
             rows += _varlen_rows(bench, timestamp)
         elif "provider" in info:
@@ -128,124 +164,146 @@ def _empty_note(ax, text: str) -> None:
 
 
 def plot_sweep(df: pd.DataFrame, axis: str, path: Path, device: str) -> None:
+    """Throughput vs ``axis``: a row of panels per cell (LSTM first), a column per dtype."""
     import matplotlib.pyplot as plt
 
     data = df[(df["x_name"] == axis) & (df["metric"] == "tokens_per_sec") & ~df["interpreted"]]
     dtypes = sorted(data["dtype"].dropna().unique()) or ["fp32"]
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.2), squeeze=False)
-    for ax, dtype in zip(axes[0], dtypes):
-        sub = data[data["dtype"] == dtype]
-        if sub.empty:
-            _empty_note(ax, f"no {axis} sweep measured here\n(Triton under the interpreter is not timed)")
-            continue
-        for provider in _ordered(sub["provider"]):
-            s = sub[sub["provider"] == provider].sort_values("x_value", key=lambda v: v.astype(float))
-            x = s["x_value"].astype(float)
-            ax.plot(x, s["p50"], marker="o", label=provider)
-            ax.fill_between(x, s["p20"], s["p80"], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel({"batch": "batch size B", "hidden": "hidden size H (= input size)",
-                       "seq_len": "sequence length T"}[axis])
-        ax.set_ylabel("tokens/s (forward+backward, median)")
-        ax.set_title(f"{dtype}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"LSTM layer throughput vs {axis} — {device}", fontsize=10)
+    cells = _cells(data) or _cells(df[df["x_name"] == axis]) or ["lstm"]
+    fig, axes = plt.subplots(len(cells), len(dtypes), figsize=(6 * len(dtypes), 4.2 * len(cells)), squeeze=False)
+    for row, cell in zip(axes, cells):
+        for ax, dtype in zip(row, dtypes):
+            sub = data[(data["dtype"] == dtype) & (data["cell"] == cell)]
+            if sub.empty:
+                _empty_note(ax, f"no {_title(cell)} {axis} sweep measured here\n"
+                                "(Triton under the interpreter is not timed)")
+                continue
+            for provider in _ordered(sub["provider"]):
+                s = sub[sub["provider"] == provider].sort_values("x_value", key=lambda v: v.astype(float))
+                x = s["x_value"].astype(float)
+                ax.plot(x, s["p50"], marker="o", label=provider + _ran_as(provider, s["fusion"].iloc[0]))
+                ax.fill_between(x, s["p20"], s["p80"], alpha=0.2)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel({"batch": "batch size B", "hidden": "hidden size H (= input size)",
+                           "seq_len": "sequence length T"}[axis])
+            ax.set_ylabel("tokens/s (forward+backward, median)")
+            ax.set_title(f"{_title(cell)} {dtype}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    fig.suptitle(f"Layer throughput vs {axis}, a row per cell\n{device}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Median-latency speedup over nn.LSTM for the named shapes, timed providers only."""
+    """Median-latency speedup over torch.nn's layer of the same cell for the named shapes, timed
+    providers only; one row per (cell, shape, mode, dtype, provider), ``fusion`` the level that ran."""
+    cols = ["cell", "shape", "mode", "dtype", "provider", "fusion", "latency_ms", "speedup_vs_nn"]
     lat = df[(df["metric"] == "latency_ms") & (df["x_name"] == "shape") & ~df["interpreted"]]
     if lat.empty:
-        return pd.DataFrame(columns=["shape", "mode", "dtype", "provider", "latency_ms", "speedup_vs_nn"])
-    nn = lat[lat["provider"] == "nn"].set_index(["shape", "mode", "dtype"])["p50"]
-    out = lat[["shape", "mode", "dtype", "provider", "p50"]].rename(columns={"p50": "latency_ms"}).copy()
-    keys = list(zip(out["shape"], out["mode"], out["dtype"]))
+        return pd.DataFrame(columns=cols)
+    key = ["cell", "shape", "mode", "dtype"]
+    nn = lat[lat["provider"] == "nn"].set_index(key)["p50"]
+    out = lat[key + ["provider", "fusion", "p50"]].rename(columns={"p50": "latency_ms"}).copy()
+    keys = list(zip(*(out[k] for k in key)))
     out["speedup_vs_nn"] = [nn.get(k, np.nan) / v for k, v in zip(keys, out["latency_ms"])]
-    return out
+    order = {c: i for i, c in enumerate(_cells(out))}
+    return out[cols].sort_values("cell", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
 
 
 def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
+    """Speedup over torch.nn's layer of the same cell: a panel per cell (LSTM first)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     table = speedup_table(df)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    if table.empty:
-        _empty_note(ax, "no timed providers")
-    else:
-        table["case"] = table["shape"] + " " + table["mode"] + " " + table["dtype"]
-        wide = table.pivot_table(index="case", columns="provider", values="speedup_vs_nn")
-        wide = wide[_ordered(wide.columns)]
-        wide.plot.bar(ax=ax, rot=30)
-        ax.legend(title="provider", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
-        for bars in ax.containers:
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_ylabel("speedup over nn.LSTM (median latency)")
-        ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.set_title(f"Speedup over nn.LSTM — {device}", fontsize=10)
+    cells = _cells(table) or ["lstm"]
+    fig, axes = plt.subplots(len(cells), 1, figsize=(10, 4.5 * len(cells)), squeeze=False)
+    for ax, cell in zip(axes[:, 0], cells):
+        sub = table[table["cell"] == cell].copy()
+        if sub.empty:
+            _empty_note(ax, "no timed providers")
+        else:
+            sub["case"] = sub["shape"] + " " + sub["mode"] + " " + sub["dtype"]
+            sub["label"] = [p + _ran_as(p, f) for p, f in zip(sub["provider"], sub["fusion"])]
+            wide = sub.pivot_table(index="case", columns="label", values="speedup_vs_nn", sort=False)
+            labels = dict(zip(sub["label"], sub["provider"]))
+            wide = wide[sorted(wide.columns, key=lambda c: _ordered(labels.values()).index(labels[c]))]
+            wide.plot.bar(ax=ax, rot=30)
+            ax.legend(title="provider", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}×"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+            for bars in ax.containers:
+                ax.bar_label(bars, fmt="%.2f", fontsize=7)
+            ax.set_xlabel("")
+            ax.set_ylabel(f"speedup over {_nn_name(cell)} (median latency)")
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.set_title(f"{_title(cell)}: speedup over {_nn_name(cell)}", fontsize=10)
+    fig.suptitle(device, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_perplexity(df: pd.DataFrame, path: Path, device: str) -> None:
-    """Left: train (solid) and validation (dashed) perplexity per provider and epoch. Right: each
-    provider's relative gap to nn.LSTM's training perplexity at the same epoch, in percent. Epochs
-    on a log axis, so a 10-epoch correctness run and a 500-epoch run both read."""
+    """A row per cell (LSTM first). Left: train (solid) and validation (dashed) perplexity per
+    provider and epoch. Right: each provider's relative gap to torch.nn's training perplexity (same
+    cell) at the same epoch, in percent. Epochs on a log axis, so a 10-epoch correctness run and a
+    500-epoch run both read."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    data = df[df["mode"] == "e2e_training"]
-    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    if data.empty:
-        _empty_note(ax, "no end-to-end training run")
+    all_e2e = df[df["mode"] == "e2e_training"]
+    cells = _cells(all_e2e) or ["lstm"]
+    fig, axes = plt.subplots(len(cells), 2, figsize=(12, 4.5 * len(cells)), squeeze=False)
     markers = "os^Dv"
-    train = data[data["metric"] == "train_perplexity"].pivot_table(index="x_value", columns="provider", values="p50")
-    for k, provider in enumerate(_ordered(data["provider"])):
-        sub = data[data["provider"] == provider]
-        tag = " (interpreter)" if sub["interpreted"].any() else ""
-        for metric, style in (("train_perplexity", "-"), ("val_perplexity", "--")):
-            s = sub[sub["metric"] == metric].sort_values("x_value")
-            if not s.empty:  # markers of different shapes and sizes keep overlapping curves visible
-                x = s["x_value"].astype(float)
-                ax.plot(x, s["p50"], style, marker=markers[k % 5], markersize=9 - 1.5 * k,
-                        markevery=_log_markevery(x), fillstyle="none",
-                        label=f"{provider}{tag} {'train' if metric.startswith('train') else 'validation'}")
-        if "nn" in train and provider in train and provider != "nn":
-            gap = ((train[provider] / train["nn"] - 1) * 100).dropna()
-            gap_ax.plot(gap.index.astype(float), gap.values, marker=markers[k % 5], markersize=4,
-                        markevery=_log_markevery(gap.index.astype(float)), label=provider)
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    for a in (ax, gap_ax):
-        a.set_xscale("log")
-        a.xaxis.set_major_formatter(plain)
-        a.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(int(v))[0] in "25" else ""))
-        a.set_xlabel("epoch (log scale)")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    if not data.empty:
-        ax.legend(fontsize=7)
-    ax.set_title("Char LM on The Time Machine, identical weights and data", fontsize=10)
-    gap_ax.axhline(1.0, color="red", linewidth=0.8, linestyle=":")
-    gap_ax.axhline(-1.0, color="red", linewidth=0.8, linestyle=":", label="±1%")
-    gap_ax.set_ylabel("training perplexity vs nn.LSTM (%)")
-    gap_ax.set_title("Gap to nn.LSTM at the same epoch", fontsize=10)
-    gap_ax.grid(True, which="both", alpha=0.3)
-    gap_ax.legend(fontsize=8)
+    for (ax, gap_ax), cell in zip(axes, cells):
+        data = all_e2e[all_e2e["cell"] == cell]
+        if data.empty:
+            _empty_note(ax, "no end-to-end training run")
+        train = data[data["metric"] == "train_perplexity"].pivot_table(index="x_value", columns="provider",
+                                                                       values="p50")
+        for k, provider in enumerate(_ordered(data["provider"])):
+            sub = data[data["provider"] == provider]
+            notes = ["interpreter"] * bool(sub["interpreted"].any()) + [_ran_as(provider, sub["fusion"].iloc[0])[2:-1]]
+            tag = f" ({', '.join(n for n in notes if n)})" if any(notes) else ""
+            for metric, style in (("train_perplexity", "-"), ("val_perplexity", "--")):
+                s = sub[sub["metric"] == metric].sort_values("x_value")
+                if not s.empty:  # markers of different shapes and sizes keep overlapping curves visible
+                    x = s["x_value"].astype(float)
+                    ax.plot(x, s["p50"], style, marker=markers[k % 5], markersize=9 - 1.5 * k,
+                            markevery=_log_markevery(x), fillstyle="none",
+                            label=f"{provider}{tag} {'train' if metric.startswith('train') else 'validation'}")
+            if "nn" in train and provider in train and provider != "nn":
+                gap = ((train[provider] / train["nn"] - 1) * 100).dropna()
+                gap_ax.plot(gap.index.astype(float), gap.values, marker=markers[k % 5], markersize=4,
+                            markevery=_log_markevery(gap.index.astype(float)), label=provider)
+        for a in (ax, gap_ax):
+            a.set_xscale("log")
+            a.xaxis.set_major_formatter(plain)
+            a.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(int(v))[0] in "25" else ""))
+            a.set_xlabel("epoch (log scale)")
+        ax.set_ylabel("perplexity")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        if not data.empty:
+            ax.legend(fontsize=7)
+        ax.set_title(f"{_title(cell)} char LM on The Time Machine, identical weights and data", fontsize=10)
+        gap_ax.axhline(1.0, color="red", linewidth=0.8, linestyle=":")
+        gap_ax.axhline(-1.0, color="red", linewidth=0.8, linestyle=":", label="±1%")
+        gap_ax.set_ylabel(f"training perplexity vs {_nn_name(cell)} (%)")
+        gap_ax.set_title(f"{_title(cell)}: gap to {_nn_name(cell)} at the same epoch", fontsize=10)
+        gap_ax.grid(True, which="both", alpha=0.3)
+        gap_ax.legend(fontsize=8)
     fig.suptitle(device, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -318,16 +376,23 @@ def plot_varlen(df: pd.DataFrame, path: Path, device: str) -> None:
 # ----------------------------------------------------------------------------- summary
 
 
+def _row_cells(grp: pd.DataFrame, providers: list[str], fmt) -> list[str]:
+    """A table row's cells: ``fmt(provider, row)`` of each provider's row in ``grp``, '—' where it has none."""
+    rows = [grp[grp["provider"] == provider] for provider in providers]
+    return ["—" if row.empty else fmt(provider, row.iloc[0]) for provider, row in zip(providers, rows)]
+
+
 def varlen_summary(df: pd.DataFrame) -> list[str]:
-    """summary.md lines for the variable-length benchmark: at the largest timed T, per mode and
-    dtype, each provider's latency with its speedup over nn packed and (Triton) its ratio to our
-    padded run; interpreted providers' worst error. Empty when nothing variable-length ran."""
+    """summary.md lines for the variable-length benchmark (LSTM only: part of the LSTM section): at
+    the largest timed T, per mode and dtype, each provider's latency with its speedup over nn packed
+    and (Triton) its ratio to our padded run; interpreted providers' worst error. Empty when nothing
+    variable-length ran."""
     varlen = df[df["x_name"] == "varlen_T"]
     if varlen.empty:
         return []
     first = varlen.iloc[0]
     B, I, H = (int(first[k]) for k in ("B", "I", "H"))
-    lines = [f"## Variable-length batches (B={B}, I={I}, H={H}, lengths uniform in "
+    lines = [f"### Variable-length batches (LSTM only; B={B}, I={I}, H={H}, lengths uniform in "
              "[T/4, T], seeded; tokens/s counts real tokens)", ""]
     table = varlen_table(df)
     if not table.empty:
@@ -336,18 +401,13 @@ def varlen_summary(df: pd.DataFrame) -> list[str]:
         providers = _ordered(at["provider"])
         lines += [f"At T={T}: median latency (speedup over nn.LSTM packed; Triton: latency ÷ triton-padded's).",
                   "", "| mode | dtype | " + " | ".join(providers) + " |", "|---|---|" + "---:|" * len(providers)]
+        def fmt(provider: str, r) -> str:
+            ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
+                provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
+            return f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})"
+
         for (mode, dtype), grp in at.groupby(["mode", "dtype"], sort=False):
-            cells = []
-            for provider in providers:
-                row = grp[grp["provider"] == provider]
-                if row.empty:
-                    cells.append("—")
-                    continue
-                r = row.iloc[0]
-                ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
-                    provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
-                cells.append(f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})")
-            lines.append(f"| {mode} | {dtype} | " + " | ".join(cells) + " |")
+            lines.append(f"| {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
         lines.append("")
     interp = varlen[varlen["interpreted"] & (varlen["metric"] == "max_rel_err")]
     checked = varlen[varlen["metric"] == "max_rel_err"].groupby("provider")["p50"].max()
@@ -359,12 +419,15 @@ def varlen_summary(df: pd.DataFrame) -> list[str]:
 
 
 
-def headline_table(df: pd.DataFrame, check_epochs: int | None = None) -> pd.DataFrame:
-    """Per provider: epochs, e2e tokens/s, speedups over nn and naive, final perplexities, the
-    training perplexity at epoch ``check_epochs`` and the largest relative gap to nn's training
-    perplexity over epochs 1..check_epochs (``ppl_gap_vs_nn``) and over every shared epoch
-    (``ppl_gap_vs_nn_all``). ``check_epochs`` None: the shortest run's length."""
+def headline_table(df: pd.DataFrame, check_epochs: int | None = None, cell: str | None = None) -> pd.DataFrame:
+    """Per provider of ``cell`` (None: every e2e row, for JSON with one cell): epochs, e2e tokens/s,
+    speedups over nn and naive, final perplexities, the training perplexity at epoch
+    ``check_epochs`` and the largest relative gap to nn's training perplexity over epochs
+    1..check_epochs (``ppl_gap_vs_nn``) and over every shared epoch (``ppl_gap_vs_nn_all``), and the
+    fusion level that ran (``fusion``). ``check_epochs`` None: the shortest run's length."""
     e2e = df[df["mode"] == "e2e_training"]
+    if cell is not None:
+        e2e = e2e[e2e["cell"] == cell]
     rows = []
     for provider in _ordered(e2e["provider"]):
         sub = e2e[e2e["provider"] == provider]
@@ -372,7 +435,7 @@ def headline_table(df: pd.DataFrame, check_epochs: int | None = None) -> pd.Data
                                                                          "tokens_per_sec")}
         curve = by["train_perplexity"].set_index(by["train_perplexity"]["x_value"].astype(int))["p50"]
         rows.append({
-            "provider": provider, "interpreted": bool(sub["interpreted"].any()),
+            "provider": provider, "fusion": sub["fusion"].iloc[0], "interpreted": bool(sub["interpreted"].any()),
             "epochs": int(curve.index.max()),
             "tokens_per_sec": float(by["tokens_per_sec"]["p50"].median()),
             "train_perplexity": float(curve.iloc[-1]),
@@ -415,7 +478,91 @@ def _fmt(value, spec: str, na: str = "—", suffix: str = "") -> str:
     return na if missing else format(value, spec) + suffix
 
 
+def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
+    """The end-to-end table and the greedy continuations of one cell; ``runs``: provider -> record."""
+    check_epochs = next((info["check_epochs"] for info in runs.values() if info.get("check_epochs")), None)
+    head = headline_table(df, check_epochs, cell)
+    if head.empty:
+        return []
+    cfg = next(iter(runs.values()))["config"] if runs else {}
+    n = int(head["check_epochs"].iloc[0])
+    shape = (f"B={cfg['batch_size']}, T={cfg['num_steps']}, H={cfg['hidden_size']}, " if cfg else "")
+    lines = [f"### End-to-end char-LM training ({shape}fp32, identical weights and data order)", "",
+             "| provider | epochs | tokens/s | speedup vs nn | speedup vs naive | train perplexity | "
+             f"validation perplexity | train perplexity at epoch {n} | "
+             f"max relative perplexity gap vs nn (epochs 1–{n}) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in head.itertuples():
+        tok = "interpreter" if r.interpreted else _fmt(r.tokens_per_sec, ",.0f")
+        lines.append(f"| {r.provider}{_ran_as(r.provider, r.fusion)} | {r.epochs} | {tok} | "
+                     f"{_fmt(r.speedup_vs_nn, '.2f', suffix='×')} | "
+                     f"{_fmt(r.speedup_vs_naive, '.2f', suffix='×')} | {r.train_perplexity:.3f} | "
+                     f"{_fmt(r.val_perplexity, '.2f')} | {_fmt(r.train_perplexity_at_check, '.3f')} | "
+                     f"{_fmt(r.ppl_gap_vs_nn, '.1e')} |")
+    longer = head[(head["epochs"] > n) & (head["provider"] != "nn") & head["ppl_gap_vs_nn_all"].notna()]
+    if not longer.empty:
+        lines += ["", f"Past epoch {n} the gap is reported, not asserted (fp32 rounding differences between "
+                  "implementations can grow over a long run): largest over all shared epochs "
+                  + ", ".join(f"{r.provider} {r.ppl_gap_vs_nn_all:.1%}" for r in longer.itertuples()) + "."]
+    prefixes = _prefixes(runs)
+    chars = next((info["predict_chars"] for info in runs.values() if info.get("predict_chars")), 50)
+    lines += ["", f"Greedy continuations after training (d2l's `predict`, {chars} characters):", "",
+              "| provider | epochs | " + " | ".join(f"'{p}' continues as" for p in prefixes) + " |",
+              "|---|---:|" + "---|" * len(prefixes)]
+    epochs_of = head.set_index("provider")["epochs"]
+    for provider in _ordered(runs):
+        predictions = runs[provider].get("predictions", {})
+        cells = [f"`{predictions[p]}`" if p in predictions else "—" for p in prefixes]
+        label = provider + _ran_as(provider, runs[provider].get("fusion"))
+        lines.append(f"| {label} | {epochs_of.get(provider, '—')} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _latency_section(df: pd.DataFrame, cell: str) -> list[str]:
+    """One layer of ``cell``: median latency per named shape, mode and dtype (timed providers)."""
+    speed = speedup_table(df)
+    speed = speed[speed["cell"] == cell]
+    if speed.empty:
+        return []
+    providers = _ordered(speed["provider"])
+    label = {p: p + _ran_as(p, speed[speed["provider"] == p]["fusion"].iloc[0]) for p in providers}
+    lines = [f"### One layer, median latency (speedup over {_nn_name(cell)})", "",
+             "| shape | mode | dtype | " + " | ".join(label[p] for p in providers) + " |",
+             "|---|---|---|" + "---:|" * len(providers)]
+    fmt = lambda _, r: f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
+    for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
+        lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
+    return lines + [""]
+
+
+def _checks_line(df: pd.DataFrame, cell: str) -> list[str]:
+    """Which interpreted Triton providers of ``cell`` were checked, their worst error, and the
+    level each ran where it was not the one asked for."""
+    layer = df[(df["cell"] == cell) & (df["x_name"] != "varlen_T")]
+    lines = []
+    interp = layer[layer["interpreted"] & (layer["metric"] == "max_rel_err")]
+    if not interp.empty:
+        worst = interp.groupby("provider")["p50"].max()
+        lines.append(f"Interpreted Triton providers were checked against float64 {_nn_name(cell)} in the same run "
+                     "(worst relative error: " + ", ".join(f"{p} {worst[p]:.1e}" for p in _ordered(worst.index))
+                     + ").")
+    triton = layer[layer["provider"].str.startswith("triton-") & layer["fusion"].notna()]
+    moved = sorted({(p, f) for p, f in zip(triton["provider"], triton["fusion"]) if _ran_as(p, f)},
+                   key=lambda pf: PROVIDER_ORDER.index(pf[0]) if pf[0] in PROVIDER_ORDER else 99)
+    if moved:
+        lines.append("Levels that ran another one (the library's choice for this cell and shape): "
+                     + ", ".join(f"{p} ran {f}" for p, f in moved) + ".")
+    return lines + [""] if lines else []
+
+
 def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
+    """summary.md: the machine, then a section per cell (LSTM first): end-to-end training, one-layer
+    latency, correctness; the variable-length benchmark (LSTM only) in the LSTM's section.
+    ``e2e``: load_long_table's records keyed by (cell, provider) (a bare provider key reads as LSTM)."""
+    runs_by_cell: dict[str, dict] = {}
+    for key, info in e2e.items():
+        cell, provider = key if isinstance(key, tuple) else ("lstm", key)
+        runs_by_cell.setdefault(cell, {})[provider] = info
     machine = next(iter(e2e.values()))["machine"] if e2e else {}
     lines = ["# lstm-triton benchmark summary", ""]
     if machine:
@@ -423,59 +570,23 @@ def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
                   f"cuDNN {machine['cudnn']}, CUDA {machine['cuda']}; Triton interpreter "
                   f"{'ON (Triton rows are correctness runs, not timings)' if machine['interpreter'] else 'off'}.",
                   ""]
-    check_epochs = next((info["check_epochs"] for info in e2e.values() if info.get("check_epochs")), None)
-    head = headline_table(df, check_epochs)
-    if not head.empty:
-        cfg = next(iter(e2e.values()))["config"]
-        n = int(head["check_epochs"].iloc[0])
-        lines += [f"## End-to-end char-LM training (B={cfg['batch_size']}, T={cfg['num_steps']}, "
-                  f"H={cfg['hidden_size']}, fp32, identical weights and data order)", "",
-                  "| provider | epochs | tokens/s | speedup vs nn | speedup vs naive | train perplexity | "
-                  f"validation perplexity | train perplexity at epoch {n} | "
-                  f"max relative perplexity gap vs nn (epochs 1–{n}) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in head.itertuples():
-            tok = "interpreter" if r.interpreted else _fmt(r.tokens_per_sec, ",.0f")
-            lines.append(f"| {r.provider} | {r.epochs} | {tok} | {_fmt(r.speedup_vs_nn, '.2f', suffix='×')} | "
-                         f"{_fmt(r.speedup_vs_naive, '.2f', suffix='×')} | {r.train_perplexity:.3f} | "
-                         f"{_fmt(r.val_perplexity, '.2f')} | {_fmt(r.train_perplexity_at_check, '.3f')} | "
-                         f"{_fmt(r.ppl_gap_vs_nn, '.1e')} |")
-        longer = head[(head["epochs"] > n) & (head["provider"] != "nn") & head["ppl_gap_vs_nn_all"].notna()]
-        if not longer.empty:
-            lines += ["", f"Past epoch {n} the gap is reported, not asserted (fp32 rounding differences between "
-                      "implementations can grow over a long run): largest over all shared epochs "
-                      + ", ".join(f"{r.provider} {r.ppl_gap_vs_nn_all:.1%}" for r in longer.itertuples()) + "."]
-        lines += ["", "Greedy continuations after training (d2l's `predict`, 50 characters):", "",
-                  "| provider | epochs | " + " | ".join(f"'{p}' continues as" for p in _prefixes(e2e)) + " |",
-                  "|---|---:|" + "---|" * len(_prefixes(e2e))]
-        epochs_of = head.set_index("provider")["epochs"]
-        for provider in _ordered(e2e):
-            predictions = e2e[provider].get("predictions", {})
-            cells = [f"`{predictions[p]}`" if p in predictions else "—" for p in _prefixes(e2e)]
-            lines.append(f"| {provider} | {epochs_of.get(provider, '—')} | " + " | ".join(cells) + " |")
-        lines.append("")
-    speed = speedup_table(df)
-    if not speed.empty:
-        lines += ["## One layer, median latency (speedup over nn.LSTM)", "",
-                  "| shape | mode | dtype | " + " | ".join(_ordered(speed["provider"])) + " |",
-                  "|---|---|---|" + "---:|" * speed["provider"].nunique()]
-        for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
-            cells = []
-            for provider in _ordered(speed["provider"]):
-                row = grp[grp["provider"] == provider]
-                if row.empty:
-                    cells.append("—")
-                    continue
-                speedup = _fmt(row["speedup_vs_nn"].iloc[0], ".2f", suffix="×")
-                cells.append(f"{row['latency_ms'].iloc[0]:.3g} ms ({speedup})")
-            lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += varlen_summary(df)
-    interp = df[df["interpreted"] & (df["metric"] == "max_rel_err") & (df["x_name"] != "varlen_T")]
-    if not interp.empty:
-        worst = interp.groupby("provider")["p50"].max()
-        lines += ["Interpreted Triton providers were checked against float64 nn.LSTM in the same run "
-                  "(worst relative error: " + ", ".join(f"{p} {v:.1e}" for p, v in worst.items()) + ").", ""]
+    cells = sorted(set(_cells(df)) | set(runs_by_cell),
+                   key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else 99, c))
+    if cells:
+        lines += ["Cells: " + ", ".join(_title(c) for c in cells) + " — a section each; every provider is "
+                  "checked against float64 torch.nn of the same cell in the same run, and speedups are over "
+                  "torch.nn's layer of that cell.", ""]
+    for cell in cells:
+        lines += [f"## {_title(cell)}", ""]
+        plan = next((info.get("cell_plan") for info in runs_by_cell.get(cell, {}).values()
+                     if info.get("cell_plan")), "")
+        if plan:
+            lines += [plan, ""]
+        lines += _e2e_section(df, cell, runs_by_cell.get(cell, {}))
+        lines += _latency_section(df, cell)
+        lines += _checks_line(df, cell)
+        if cell == "lstm":
+            lines += varlen_summary(df)
     text = "\n".join(lines)
     path.write_text(text)
     return text

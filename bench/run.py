@@ -1,7 +1,7 @@
 """``make bench``: run the benchmark suite, then build the reports.
 
     python -m bench.run [--out results] [--profile auto|gpu|cpu|tiny] [--providers nn,triton-step]
-                        [--publish docs/results/cpu]
+                        [--cells lstm,gru,rnn] [--publish docs/results/cpu]
     make bench BENCH_ARGS="--publish docs/results/cpu"     # the same through make
 
 Runs ``pytest bench --benchmark-only`` with the chosen profile (auto: gpu with CUDA, else cpu),
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results")
     parser.add_argument("--profile", default="auto", choices=("auto", "gpu", "cpu", "tiny"))
     parser.add_argument("--providers", default=None, help="comma-separated subset of the providers")
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated cells: lstm, gru, rnn (tanh), rnn_relu "
+                             "(default: the profile's, lstm,gru,rnn)")
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="also copy the reports (CSV, plots, summary.md) to DIR, e.g. docs/results/cpu")
     args, extra = parser.parse_known_args(argv)
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                    "-p", "no:cacheprovider", "-v", "-rs", "-s", *extra]  # -v: one line per benchmark with % done
     if args.providers:
         pytest_args.append(f"--bench-providers={args.providers}")
+    if args.cells:
+        pytest_args.append(f"--bench-cells={args.cells}")
     start = time.perf_counter()
     status = pytest.main(pytest_args)
     print(f"benchmarks took {time.perf_counter() - start:.0f} s", file=sys.stderr)

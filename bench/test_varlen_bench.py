@@ -10,6 +10,7 @@ from bench.cases import DTYPES
 from bench.measure import kernel_latency_ms, peak_memory_mb, tolerance
 from bench.providers import reference_weights
 from bench.varlen import (
+    FUSION_OF,
     build_varlen_layer,
     check_varlen,
     length_config,
@@ -17,6 +18,7 @@ from bench.varlen import (
     varlen_operation,
     varlen_status,
 )
+from lstm_triton.layers.backend import choose_fusion
 
 WEIGHTS_SEED = 0
 
@@ -44,7 +46,9 @@ def test_varlen(benchmark, varlen_case, profile, device, machine):
     run = varlen_operation(case.mode, case.provider, layer, inputs, device)
     run()  # warm-up outside the clock: compilation, allocator, cuDNN plans
     benchmark.extra_info.update({
-        "benchmark": "varlen", "provider": case.provider, "mode": case.mode, "shape": "varlen", "T": case.T,
+        "benchmark": "varlen", "cell": "lstm", "provider": case.provider, "mode": case.mode, "shape": "varlen",
+        "fusion": choose_fusion(FUSION_OF[case.provider], case.B, case.H, dtype, device)
+        if case.provider in FUSION_OF else None, "T": case.T,
         "B": case.B, "I": case.I, "H": case.H, "dtype": case.dtype, "interpreted": st.interpreted,
         "tokens": inputs.real_tokens, **length_config(inputs, case.T), "rel_err": errors,
         "max_rel_err": max(errors.values()), "tolerance": tol, "machine": machine,

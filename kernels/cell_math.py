@@ -47,7 +47,7 @@ def gru_pointwise_backward(dh, r, z, n, hn, h_prev):
 @triton.jit
 def rnn_pointwise_forward(pre, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(pre, 0.0)
+        return tl.maximum(pre, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     else:
         return tanh(pre)
 

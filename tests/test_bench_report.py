@@ -39,27 +39,37 @@ def test_summary_names_no_local_path(tiny_run):
         assert local not in summary
 
 
-def test_summary_shows_run_lengths_and_time_traveller_continuations(tiny_run):
+def _section(summary: str, cell: str) -> list[str]:
+    """The lines of summary.md's section of ``cell`` (from its '## ' heading to the next)."""
+    from bench.cases import CELL_TITLES
+
+    lines = summary.splitlines()
+    start = lines.index(f"## {CELL_TITLES[cell]}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_summary_shows_run_lengths_and_time_traveller_continuations(tiny_run, cell):
     from bench.cases import PROFILES
 
-    e2e = PROFILES["tiny"].e2e
+    e2e = PROFILES["tiny"].e2e_for(cell)
     assert e2e.interpreted_epochs != e2e.epochs  # the tiny profile exercises runs of different lengths
-    summary = (tiny_run / "summary.md").read_text()
-    lines = summary.splitlines()
-    row = lambda provider: next(x for x in lines if x.startswith(f"| {provider} | "))  # the headline table's
+    lines = _section((tiny_run / "summary.md").read_text(), cell)
+    row = lambda provider: next(x for x in lines if x.startswith(f"| {provider}"))  # the headline table's
     assert row("nn").split("|")[2].strip() == str(e2e.epochs)
     assert row("triton-step").split("|")[2].strip() == str(e2e.interpreted_epochs)
     header = next(x for x in lines if "'time traveller' continues as" in x)
     continuations = lines[lines.index(header) + 2:]
     for provider in ("naive", "nn", "triton-cell", "triton-step", "triton-persistent"):
-        line = next(x for x in continuations if x.startswith(f"| {provider} | "))
+        line = next(x for x in continuations if x.startswith(f"| {provider}"))
         assert "`time traveller" in line, line
 
 
 def test_report_writes_a_long_csv_plots_and_a_summary(tiny_run):
     df = pd.read_csv(tiny_run / "results.csv")
-    assert {"provider", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit", "config",
-            "device", "torch", "triton", "timestamp"} <= set(df.columns)
+    assert {"cell", "provider", "fusion", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit",
+            "config", "device", "torch", "triton", "timestamp"} <= set(df.columns)
     assert {"naive", "nn", "triton-cell", "triton-step"} <= set(df["provider"])
     assert {"forward", "forward_backward", "train_step", "e2e_training"} <= set(df["mode"])
     lat = df[df["metric"] == "latency_ms"]
@@ -74,8 +84,62 @@ def test_interpreted_providers_are_labelled_and_kept_out_of_speedups(tiny_run):
     triton_rows = df[df["provider"].str.startswith("triton")]
     summary = (tiny_run / "summary.md").read_text()
     if triton_rows["interpreted"].all():
-        line = next(x for x in summary.splitlines() if x.startswith("| triton-step |"))
-        assert "| interpreter | — | — |" in line
+        for cell in ("lstm", "gru", "rnn"):
+            line = next(x for x in _section(summary, cell) if x.startswith("| triton-step |"))
+            assert "| interpreter | — | — |" in line
+
+
+def test_every_cell_has_every_provider_in_every_mode_and_the_level_that_ran(tiny_run):
+    """The CSV's cell column: lstm, gru and rnn (tanh) each with every provider in the layer modes
+    and end to end; a Triton row names the fusion level that ran, naive and nn none."""
+    from bench.cases import PROFILES
+    from bench.providers import PROVIDERS, fusion_ran
+
+    df = pd.read_csv(tiny_run / "results.csv")
+    layer = df[df["x_name"] != "varlen_T"]
+    assert set(layer["cell"]) == set(PROFILES["tiny"].cells) == {"lstm", "gru", "rnn"}
+    assert set(df[df["x_name"] == "varlen_T"]["cell"]) == {"lstm"}  # the variable-length benchmark: LSTM only
+    for cell, grp in layer.groupby("cell"):
+        for mode in ("forward", "forward_backward", "train_step", "e2e_training"):
+            assert set(grp[grp["mode"] == mode]["provider"]) == set(PROVIDERS), (cell, mode)
+    triton = layer[layer["provider"].str.startswith("triton-")]
+    assert triton["fusion"].isin(["cell", "step", "persistent"]).all()
+    assert layer[~layer["provider"].str.startswith("triton-")]["fusion"].isna().all()
+    assert (triton[triton["provider"] == "triton-cell"]["fusion"] == "cell").all()
+    # what ran is the library's own decision, not a name: GRU/RNN persistent runs step until they get the kernel
+    for row in triton.drop_duplicates(["cell", "provider", "B", "H"]).itertuples():
+        expected = fusion_ran(row.provider, row.cell, int(row.B), int(row.H), __import__("torch").float32, "cpu")
+        assert row.fusion == expected, row
+    # float64 reference of the same cell: every layer case within fp32's bound
+    errors = layer[layer["metric"] == "max_rel_err"]
+    assert len(errors) and (errors["p50"] <= 1e-5).all()
+
+
+def test_summary_has_a_section_per_cell_lstm_first(tiny_run):
+    summary = (tiny_run / "summary.md").read_text()
+    headings = [x for x in summary.splitlines() if x.startswith("## ")]
+    assert headings == ["## LSTM", "## GRU", "## RNN (tanh)"]
+    for cell, nn_name in (("lstm", "nn.LSTM"), ("gru", "nn.GRU"), ("rnn", "nn.RNN")):
+        section = "\n".join(_section(summary, cell))
+        assert f"### One layer, median latency (speedup over {nn_name})" in section
+        assert f"checked against float64 {nn_name} in the same run" in section
+        assert "### End-to-end char-LM training" in section
+    assert "### Variable-length batches" in "\n".join(_section(summary, "lstm"))
+    assert "Variable-length" not in "\n".join(_section(summary, "gru"))
+    # the tiny profile's trims for GRU and RNN are stated in their sections, not in the LSTM's
+    assert "the tiny profile" in "\n".join(_section(summary, "gru"))
+    assert "the tiny profile" not in "\n".join(_section(summary, "lstm"))
+
+
+def test_plots_have_a_row_per_cell(tiny_run):
+    """perplexity.png and speedup_vs_nn.png grow a row per cell (3 here); the sweep plots a row per
+    cell that ran the sweep (the tiny profile runs them for the LSTM only)."""
+    from matplotlib.image import imread
+
+    height = lambda name: imread(tiny_run / name).shape[0]
+    assert height("perplexity.png") == 3 * 4.5 * 120
+    assert height("speedup_vs_nn.png") == 3 * 4.5 * 120
+    assert height("throughput_vs_batch.png") == round(4.2 * 120)
 
 
 def test_varlen_rows_count_real_tokens_and_record_the_length_distribution(tiny_run):
@@ -108,6 +172,9 @@ def test_varlen_rows_count_real_tokens_and_record_the_length_distribution(tiny_r
     assert ((timed["tokens_per_sec"] / expected - 1).abs() < 1e-9).all()
     triton = varlen[varlen["provider"].str.startswith("triton")]
     assert triton["interpreted"].all()  # no GPU here: correctness runs, labelled as such
+    assert (varlen["cell"] == "lstm").all()
+    assert (triton[triton["provider"] == "triton-cell"]["fusion"] == "cell").all()  # the level that ran
+    assert triton["fusion"].isin(["cell", "step", "persistent"]).all()
     errors = varlen[varlen["metric"] == "max_rel_err"]["p50"]
     assert len(errors) and (errors <= 1e-5).all()  # fp32 vs float64 nn.LSTM on the packed input
 
@@ -159,15 +226,18 @@ def test_varlen_lengths_are_seeded_uniform_in_a_quarter_to_T_and_bad_input_is_na
         varlen_status("cudnn", torch.device("cpu"), torch.float32)
 
 
-def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_every_provider_tracks_nn_perplexity_within_one_percent(tiny_run, cell):
     from bench.cases import PROFILES
 
     df = pd.read_csv(tiny_run / "results.csv")
-    ppl = df[(df["mode"] == "e2e_training") & (df["metric"] == "train_perplexity")]
+    ppl = df[(df["mode"] == "e2e_training") & (df["metric"] == "train_perplexity") & (df["cell"] == cell)]
     ppl = ppl.assign(epoch=ppl["x_value"].astype(int))  # x_value also holds shape names: strings in the CSV
+    wide = ppl.pivot_table(index="epoch", columns="provider", values="p50", aggfunc="count")
+    assert (wide.fillna(1) == 1).all().all()  # one value per (cell, provider, epoch): no other cell mixed in
     wide = ppl.pivot_table(index="epoch", columns="provider", values="p50")
-    wide = wide[wide.index <= PROFILES["tiny"].e2e.check_epochs]
-    assert wide.notna().all().all(), wide  # every provider ran the whole check window
+    wide = wide[wide.index <= PROFILES["tiny"].e2e_for(cell).check_epochs]
+    assert len(wide) and wide.notna().all().all(), wide  # every provider ran the whole check window
     gap = (wide.div(wide["nn"], axis=0) - 1).abs().max()
     assert (gap <= 0.01).all(), gap
 
@@ -264,3 +334,144 @@ def test_cpu_profile_trims_where_a_cpu_user_learns_least():
     assert cpu.e2e_epochs(interpreted=False) == 500
     assert cpu.e2e_epochs(interpreted=True) == cpu.e2e.check_epochs < 500
     assert PROFILES["gpu"].e2e_epochs(interpreted=False) == PROFILES["gpu"].e2e_epochs(interpreted=True) == 500
+    # GRU and RNN (the 15 minutes): no large shape and shorter char-LM runs on a CPU, said in the summary;
+    # their interpreted layer cases are the LSTM's; on a GPU every cell runs everything
+    for cell in ("gru", "rnn"):
+        assert 0 < cpu.e2e_epochs(interpreted=True, cell=cell) <= cpu.e2e_for(cell).check_epochs
+        assert cpu.e2e_epochs(interpreted=True, cell=cell) < cpu.e2e_epochs(interpreted=False, cell=cell) < 500
+        assert cpu.e2e_for(cell).hidden_size is None  # d2l's for the cell (RNN 512)
+        assert [s.name for s in cpu.shapes_for(cell, cpu.named)] == ["d2l"]
+        assert cpu.shapes_for(cell, cpu.sweeps) == cpu.sweeps
+        assert "large shape" in cpu.cell_plan(cell) and "50 epochs" in cpu.cell_plan(cell)
+        assert PROFILES["gpu"].e2e_epochs(interpreted=False, cell=cell) == 500
+        assert PROFILES["gpu"].cell_plan(cell) == ""
+    assert cpu.cell_plan("lstm") == "" and cpu.e2e_for("lstm") == cpu.e2e
+
+
+def _bench_json(path, records):
+    """A pytest-benchmark JSON holding ``records``: (extra_info, seconds per round)."""
+    benchmarks = [{"extra_info": info, "stats": {"data": [sec] * 3, "median": sec, "q1": sec, "q3": sec}}
+                  for info, sec in records]
+    path.write_text(json.dumps({"datetime": "2025-01-01T00:00:00", "benchmarks": benchmarks}))
+    return path
+
+
+MACHINE = {"device": "test CPU", "torch": "t", "triton": "tr", "cudnn": "n/a", "cuda": "n/a", "interpreter": True}
+
+
+def _layer(cell, provider, mode="forward", fusion=None, interpreted=False, **extra):
+    info = {"provider": provider, "mode": mode, "shape": "d2l", "T": 35, "B": 32, "I": 28, "H": 256, "dtype": "fp32",
+            "sweep_value": None, "tokens": 1120, "interpreted": interpreted, "max_rel_err": 1e-7, "tolerance": 1e-5,
+            "machine": MACHINE, "fusion": fusion, **extra}
+    if cell is not None:
+        info["cell"] = cell
+    return info
+
+
+def _e2e(cell, provider, ppl, fusion=None, interpreted=False):
+    epochs = [{"epoch": e + 1, "train_perplexity": p, "val_perplexity": p + 1, "tokens_per_sec": 1000.0,
+               "seconds": 1.0} for e, p in enumerate(ppl)]
+    return {"cell": cell, "provider": provider, "mode": "e2e_training", "shape": "d2l-char-lm", "dtype": "fp32",
+            "interpreted": interpreted, "machine": MACHINE, "fusion": fusion, "check_epochs": len(ppl),
+            "config": {"num_steps": 35, "batch_size": 32, "hidden_size": 512 if cell == "rnn" else 256},
+            "epochs": epochs, "predictions": {"time traveller": f"time traveller {cell}"},
+            "cell_plan": "" if cell == "lstm" else f"The cpu profile trims {cell}."}
+
+
+def test_report_groups_by_cell_with_speedups_over_the_same_cells_nn(tmp_path):
+    """Built from a hand-made JSON: each cell's section holds its own numbers, LSTM first whatever
+    the order in the JSON, speedups divide by nn of the same cell, and a Triton provider that ran
+    another level says so."""
+    from bench.report import build_reports, load_long_table, speedup_table
+
+    records = [
+        (_layer("gru", "nn"), 0.004), (_layer("gru", "naive"), 0.016),
+        (_layer("lstm", "nn"), 0.010), (_layer("lstm", "naive"), 0.020),
+        (_layer("gru", "triton-persistent", fusion="step", interpreted=True), 3.0),
+        (_e2e("gru", "nn", [20.0, 18.0]), 1.0), (_e2e("gru", "triton-persistent", [20.0, 18.1], "step", True), 1.0),
+        (_e2e("lstm", "nn", [19.0, 17.0]), 1.0),
+    ]
+    path = _bench_json(tmp_path / "b.json", records)
+    df, e2e = load_long_table(path)
+    assert set(e2e) == {("gru", "nn"), ("gru", "triton-persistent"), ("lstm", "nn")}
+    speed = speedup_table(df).set_index(["cell", "provider"])["speedup_vs_nn"]
+    assert speed[("lstm", "naive")] == pytest.approx(0.5)
+    assert speed[("gru", "naive")] == pytest.approx(0.25)  # over nn.GRU's 4 ms, not nn.LSTM's 10 ms
+    assert ("gru", "triton-persistent") not in speed.index  # interpreted: no speed figure
+
+    paths = build_reports(path, tmp_path / "out")
+    csv = pd.read_csv(paths["csv"])
+    assert set(csv["cell"]) == {"lstm", "gru"}
+    assert (csv[csv["provider"] == "triton-persistent"]["fusion"] == "step").all()
+    summary = paths["summary"].read_text()
+    lines = summary.splitlines()
+    assert [x for x in lines if x.startswith("## ")] == ["## LSTM", "## GRU"]
+    lstm, gru = "\n".join(_section(summary, "lstm")), "\n".join(_section(summary, "gru"))
+    assert "| d2l | forward | fp32 | 20 ms (0.50×) | 10 ms (1.00×) |" in lstm
+    assert "| d2l | forward | fp32 | 16 ms (0.25×) | 4 ms (1.00×) |" in gru
+    assert "16 ms" not in lstm and "20 ms" not in gru
+    assert "| triton-persistent (ran as step) | 2 | interpreter |" in gru
+    assert "triton-persistent ran step" in gru and "ran step" not in lstm
+    assert "speedup over nn.GRU" in gru and "H=256" in gru
+    assert "`time traveller gru`" in gru and "`time traveller lstm`" in lstm
+    assert "The cpu profile trims gru." in gru and "trims" not in lstm
+    assert "| 18.100 | 19.10 | 18.100 | 5.6e-03 |" in gru  # the gap is to nn.GRU's 18.0, not nn.LSTM's 17.0
+
+
+def test_report_reads_json_from_before_the_cell_dimension_as_lstm(tmp_path):
+    from bench.report import build_reports
+
+    path = _bench_json(tmp_path / "old.json", [(_layer(None, "nn"), 0.01), (_layer(None, "naive"), 0.02)])
+    paths = build_reports(path, tmp_path / "out")
+    assert set(pd.read_csv(paths["csv"])["cell"]) == {"lstm"}
+    summary = paths["summary"].read_text()
+    assert "## LSTM" in summary and "## GRU" not in summary
+    assert "| d2l | forward | fp32 | 20 ms (0.50×) | 10 ms (1.00×) |" in summary
+
+
+def test_layer_cases_per_cell_ids_and_profile_trims():
+    from bench.cases import PROFILES, e2e_cases, layer_cases, resolve_cells
+    from bench.providers import PROVIDERS
+
+    cpu = PROFILES["cpu"]
+    cases = layer_cases(cpu, PROVIDERS)
+    assert [c.cell for c in cases] == sorted((c.cell for c in cases), key=["lstm", "gru", "rnn"].index)  # LSTM first
+    ids = [c.id for c in cases]
+    assert len(set(ids)) == len(ids)
+    assert "gru-triton-step-forward_backward-d2l-T35-B32-I28-H256-fp32" in ids
+    assert "lstm-nn-train_step-large-T1024-B16-I768-H768-fp32" in ids
+    for cell in ("gru", "rnn"):  # the same shapes and modes as the LSTM's but for what the profile trims
+        lstm = {(c.provider, c.mode, c.shape, c.dtype) for c in cases if c.cell == "lstm"}
+        other = {(c.provider, c.mode, c.shape, c.dtype) for c in cases if c.cell == cell}
+        assert other <= lstm
+        assert {k[2].name for k in lstm - other} <= set(cpu.lstm_only_shapes)
+    assert [c.id for c in e2e_cases(cpu, ["naive", "nn", "triton-step"], ("lstm", "gru"))] == [
+        "lstm-nn", "lstm-naive", "lstm-triton-step", "gru-nn", "gru-naive", "gru-triton-step"]  # nn first per cell
+    assert resolve_cells(cpu) == ("lstm", "gru", "rnn")
+    assert resolve_cells(cpu, "rnn_relu,lstm") == ("lstm", "rnn_relu")
+    with pytest.raises(ValueError, match="cells"):
+        resolve_cells(cpu, "lstm,tanh")
+    assert PROFILES["gpu"].lstm_only_shapes == () and PROFILES["gpu"].cell_e2e == ()  # a GPU runs every cell fully
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "rnn_relu"])
+@pytest.mark.parametrize("provider", ["naive", "nn", "triton-step"])
+def test_every_cells_providers_pass_the_float64_check_and_a_wrong_weight_fails_it(cell, provider):
+    """bench/measure.py's check for every cell, with the naive layers' gradients mapped to
+    torch.nn's names (the GRU's recurrent n bias apart); one perturbed recurrent weight fails it."""
+    import torch
+
+    from bench.measure import check_against_reference
+    from bench.providers import build_layer, reference_weights
+
+    T, B, I, H = 4, 3, 5, 6
+    weights = reference_weights(I, H, 0, cell)
+    for mode in ("forward", "forward_backward"):
+        layer = build_layer(provider, weights, "cpu", torch.float32, cell)
+        errors = check_against_reference(layer, mode, T, B, I, H, "cpu", torch.float32, 0, cell)
+        assert max(errors.values()) <= 1e-5, errors
+        assert ("d_c0" in errors) == (cell == "lstm" and mode != "forward")
+    wrong = dict(weights, weight_hh_l0=weights["weight_hh_l0"] * 1.01)
+    layer = build_layer(provider, wrong, "cpu", torch.float32, cell)
+    errors = check_against_reference(layer, "forward_backward", T, B, I, H, "cpu", torch.float32, 0, cell)
+    assert errors["output"] > 1e-5 and errors["d_weight_hh_l0"] > 1e-5

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import lstm_triton
 from lstm_triton.charlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lstm_triton.charlm.cli import main
 from lstm_triton.charlm.train import TrainConfig, Trainer
@@ -123,14 +122,6 @@ BAD = {
 def test_bad_cell_flags_are_one_line_and_exit_2(args, needle, capsys):
     code, _, err = _run([*TINY, *args], capsys)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
-
-
-@pytest.mark.parametrize("cell,name", [("gru", "GRU"), ("rnn", "RNN")])
-def test_cli_triton_for_a_cell_without_a_triton_layer_exits_2(cell, name, monkeypatch, capsys):
-    monkeypatch.delattr(lstm_triton, name, raising=False)
-    code, _, err = _run([*TINY, "--impl", "triton", "--cell", cell, "--device", "cpu"], capsys)
-    assert code == 2 and f"needs lstm_triton.{name}, which is not available" in err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_resume_across_cells_exits_2_and_leaves_the_checkpoint(tmp_path, capsys):

@@ -53,6 +53,11 @@ BAD_INPUTS = {
     "num steps too long": (["--num-steps", "50000", "--max-tokens", "10000"], "num_steps=50000"),
     "unknown device": (["--device", "tpu"], "--device"),
     "missing checkpoint": (["--resume", "/nonexistent/run.ckpt"], "no checkpoint"),
+    "save in a missing directory": (["--save", "/nonexistent/dir/run.ckpt"], "--save: directory /nonexistent/dir"),
+    "save to a directory": (["--save", "/tmp"], "--save: /tmp is a directory"),
+    "metrics in a missing directory": (["--metrics-csv", "/nonexistent/m.csv"], "--metrics-csv: directory"),
+    "metrics to a directory": (["--metrics-csv", "/tmp"], "--metrics-csv: /tmp is a directory"),
+    "fusion without triton": (["--impl", "nn", "--fusion", "step"], "--fusion: applies to --impl triton only"),
 }
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
+from pathlib import Path
 
 from .. import __version__
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell (default: lstm)")
     t.add_argument("--nonlinearity", choices=NONLINEARITIES, default=None,
                    help="for --cell rnn only: tanh (default, d2l's) or relu")
-    t.add_argument("--fusion", choices=("auto", "cell", "step", "persistent"), default="auto",
+    t.add_argument("--fusion", choices=("auto", "cell", "step", "persistent"), default=None,
                    help="fusion level for --impl triton (default: auto)")
     t.add_argument("--epochs", type=_positive_int, default=500)
     t.add_argument("--lr", type=_positive_float, default=1.0)
@@ -105,13 +107,30 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     if args.nonlinearity is not None and args.cell != "rnn":
         raise UsageError(f"lstm-triton train: error: argument --nonlinearity: applies to --cell rnn only, "
                          f"not --cell {args.cell}")
+    if args.fusion is not None and args.impl != "triton":
+        raise UsageError(f"lstm-triton train: error: argument --fusion: applies to --impl triton only, "
+                         f"not --impl {args.impl}")
     return TrainConfig(
         impl=args.impl, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_steps=args.num_steps,
         hidden_size=args.hidden_size, max_tokens=args.max_tokens, val_tokens=args.val_tokens,
         use_random_iter=args.random_iter, clip=args.clip, seed=args.seed, init=args.init,
-        fusion=args.fusion, eval_every=args.eval_every, corpus=args.corpus,
+        fusion=args.fusion or "auto", eval_every=args.eval_every, corpus=args.corpus,
         cell=args.cell, nonlinearity=args.nonlinearity or "tanh",
     )
+
+
+def _check_output_path(flag: str, path: str | None) -> None:
+    """Fail before training, not after the first epoch, when ``path`` cannot be written."""
+    if not path:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"lstm-triton train: error: argument {flag}: {path} is a directory, expected a file path")
+    if not parent.is_dir():
+        raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} is not writable")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -120,6 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .model import predict
 
     cfg = _config(args)
+    _check_output_path("--save", args.save)  # a --resume file is checked when it is read
+    _check_output_path("--metrics-csv", args.metrics_csv)
     try:
         trainer = Trainer(cfg, args.device)
         if args.resume:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .backend import _debug
-from .packed import active_steps, last_hidden, mask_padded_steps
+from .packed import active_steps, last_hidden, mask_padded_steps, zero_padding
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -44,9 +44,11 @@ def run_layer(fusion: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths: Tensor | 
 
     ``lengths (B,)`` int64 on x's device (optional): row b runs its first ``lengths[b]`` steps; past
     them its output is 0 and its state is frozen (``packed.py``: done by the gate values alone)."""
-    xp = input_projection(x, w_ih, b_ih, b_hh)
     if lengths is not None:
-        xp = mask_padded_steps(xp, active_steps(lengths, xp.shape[0]))
+        active = active_steps(lengths, x.shape[0])
+        xp = mask_padded_steps(input_projection(zero_padding(x, active), w_ih, b_ih, b_hh), active)
+    else:
+        xp = input_projection(x, w_ih, b_ih, b_hh)
     # torch.jit.trace records an autograd.Function as an unsaveable Python op: give it the operator
     # (whose registered autograd is the same formula).
     apply = torch.ops.lstm_triton.recurrence if torch.jit.is_tracing() else Recurrence.apply

@@ -84,16 +84,16 @@ def choose_fusion(requested: str, batch: int, hidden: int, dtype: torch.dtype, d
     cannot hold falls back to step. ``arch``/``sms`` describe a GPU without having one (tests).
     """
     check_choice("fusion", requested, FUSIONS)
+    if dtype == torch.bfloat16 and interpreter_on() and torch.device(device).type == "cpu" and requested != "cell":
+        _debug("fusion %s -> cell: bf16 under the Triton interpreter, which has no bf16 tl.dot "
+               "(step and persistent would compute wrong numbers)", requested)
+        return "cell"
     if projected:
         if requested in ("cell", "step"):
             return requested
         _debug("fusion %s -> step: proj_size > 0 runs at the cell or step level (the persistent kernel has no "
                "projection)", requested)
         return "step"
-    if dtype == torch.bfloat16 and interpreter_on() and torch.device(device).type == "cpu" and requested != "cell":
-        _debug("fusion %s -> cell: bf16 under the Triton interpreter, which has no bf16 tl.dot "
-               "(step and persistent would compute wrong numbers)", requested)
-        return "cell"
     if requested in ("cell", "step"):
         return requested
     cfg, reason = persistent_config(batch, hidden, dtype, device, arch=arch, sms=sms, gates=GATES[CELL_IDS[cell]])

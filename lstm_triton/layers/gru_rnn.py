@@ -8,10 +8,9 @@ and ``lengths``. GRU and RNN run at the ``cell``, ``step`` and ``persistent`` le
 skeletons as the LSTM's, the cell type a compile-time constant); ``auto`` picks ``persistent`` when its
 launch fits, else ``step``, by the LSTM's rule (the debug log says why). The state is one tensor h.
 
-Variable lengths: a GRU row past its length is frozen by its update gate alone (z = 1: the input
-projection's z column is +inf there, so h_t = h_{t−1} exactly and every gradient of that step is 0
-but the direct one, which passes dh through); the output there is zeroed afterwards. A plain RNN
-has no gate to freeze a row, so with lengths or a PackedSequence it runs torch's kernel (logged).
+Variable lengths (padded input with ``lengths``, PackedSequence) run on the kernels too: steps past
+a row's length get fixed pre-activations (GRU: z = 1 freezes the row; RNN: −inf, whose zero
+derivative lets no gradient out) and h_n is gathered at each row's own end (``packed.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from torch import nn
 
 from . import rnn_ops  # noqa: F401  (registers torch.ops.lstm_triton.rnn_recurrence*)
 from .autograd import input_projection
-from .backend import BACKENDS, FUSIONS, _debug, check_choice
-from .packed import active_steps, torch_layer
+from .backend import BACKENDS, FUSIONS, check_choice
+from .packed import active_steps, last_hidden, mask_padded_steps, torch_layer, zero_padding
 from .rnn_autograd import RnnRecurrence
 from .rnn_base import FusedRNNMixin, _no_autocast, prepare_functional
 
@@ -32,9 +31,6 @@ GATES = {"GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 def run_rnn_layer(mode: str, fusion: str, x, h0, w_ih, w_hh, b_ih, b_hh, backend: str, lengths=None):
     """One direction of one GRU / RNN layer, time-major: ``x (T,B,I)``, ``h0 (B,H)`` ->
     ``(y (T,B,H), h_n (B,H))``. ``lengths (B,)`` int64 on x's device or None."""
-    if backend == "triton" and lengths is not None and mode != "GRU":
-        _debug("%s with lengths -> torch's kernel: a plain RNN has no gate that can freeze a row past its length", mode)
-        backend = "torch"
     if backend == "torch":
         weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
         if lengths is not None and x.shape[1] > 0:
@@ -42,19 +38,18 @@ def run_rnn_layer(mode: str, fusion: str, x, h0, w_ih, w_hh, b_ih, b_hh, backend
             return y, h
         y, h = getattr(torch._VF, mode.lower())(x, h0[None], weights, b_ih is not None, 1, 0.0, False, False, False)
         return y, h[0]
-    xp = input_projection(x, w_ih, b_ih, None)  # b_hh goes to the recurrent side (GRU: b_hn inside r ⊙ (·))
+    # b_hh goes to the recurrent side (GRU: b_hn inside r ⊙ (·))
     if lengths is not None:
-        active = active_steps(lengths, x.shape[0])[..., None]
-        H = w_hh.shape[1]
-        z_col = torch.zeros(3 * H, dtype=torch.bool, device=xp.device)
-        z_col[H:2 * H] = True
-        xp = torch.where(~active & z_col, float("inf"), xp)  # z = 1 past the row's end: the state is frozen
+        active = active_steps(lengths, x.shape[0])
+        xp = mask_padded_steps(input_projection(zero_padding(x, active), w_ih, b_ih, None), active, mode)
+    else:
+        xp = input_projection(x, w_ih, b_ih, None)
     apply = torch.ops.lstm_triton.rnn_recurrence if torch.jit.is_tracing() else RnnRecurrence.apply
     y, _, _ = apply(xp, h0, w_hh, b_hh, mode, fusion)
-    h_n = y[-1].clone()  # frozen since each row's end: its own last state; owns its storage
-    if lengths is not None:
-        y = torch.where(active, y, torch.zeros((), dtype=y.dtype, device=y.device))
-    return y, h_n
+    if lengths is None:
+        return y, y[-1].clone()  # h_n owns its storage
+    h_n = last_hidden(y, lengths, h0)  # each row's own last state (an RNN's final step is not)
+    return torch.where(active[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device)), h_n
 
 
 def _functional(mode: str, input, weight_ih, weight_hh, bias_ih, bias_hh, hx, lengths, fusion, backend):
@@ -101,7 +96,7 @@ def rnn(input: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, b
         lengths=None, fusion: str = "auto", backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """One Elman RNN layer, h_t = act(x W_ihᵀ + b_ih + h_{t−1} W_hhᵀ + b_hh) with ``nonlinearity``
     ``tanh`` or ``relu``: ``weight_ih (H, I)``, ``weight_hh (H, H)``, biases ``(H,)``; otherwise as
-    :func:`gru` (with ``lengths`` it runs torch's kernel). ValueError for another ``nonlinearity``."""
+    :func:`gru`. ValueError for another ``nonlinearity``."""
     check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
     return _functional(f"RNN_{nonlinearity.upper()}", input, weight_ih, weight_hh, bias_ih, bias_hh, hx, lengths,
                        fusion, backend)
@@ -119,9 +114,6 @@ class GRU(_SingleState, nn.GRU):
 
 
 class RNN(_SingleState, nn.RNN):
-    """``torch.nn.RNN`` (``nonlinearity`` tanh or relu) with the recurrence on Triton kernels; with
-    lengths or a PackedSequence it runs torch's kernel (no gate can freeze a finished row)."""
+    """``torch.nn.RNN`` (``nonlinearity`` tanh or relu) with the recurrence on Triton kernels."""
 
-    _KERNELS_TAKE_LENGTHS = False
-    _NO_LENGTHS_REASON = "a plain RNN has no gate that can freeze a row past its length"
     _INPUT_DIM_ERROR = "{name}: Expected input to be 2D or 3D, got {dim}D tensor instead"

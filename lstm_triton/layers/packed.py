@@ -1,21 +1,26 @@
 """Variable-length batches on the fused kernels: padded input with ``lengths``, and PackedSequence.
 
-The kernels need no change for this. A step past a row's length must leave that row's state
-alone, output zero and pass gradients straight through; all of that follows from the gate values
-alone, so the layer writes them into the input projection before the time loop:
+The kernels need no change for this. The layer writes fixed pre-activations into the input
+projection of every step past a row's length, before the time loop (one ``torch.where`` per layer
+call, no per-step work, every fusion level), chosen per cell so that those steps cannot change
+what the row outputs and no gradient flows back out of them (``PADDED_STEP``):
 
-    pre-activations of a padded step (i, f, g, o) = (−inf, +inf, ·, −inf)
-    ⇒ i = 0, f = 1, o = 0  ⇒  c_t = 1·c_{t−1} + 0·g = c_{t−1} exactly,  h_t = 0·tanh(c_t) = 0.
+LSTM  (i, f, g, o) = (−inf, +inf, 0, −inf)  ⇒ i = 0, f = 1, o = 0  ⇒  c_t = c_{t−1} exactly,
+      h_t = 0. The saved activations give dG = 0 for every gate and dc_{t−1} = f·dc_t = dc_t: the
+      padded steps vanish from every gradient and the cell gradient flows through unchanged.
+GRU   (r, z, n) = (0, +inf, 0)  ⇒ z = 1  ⇒  h_t = h_{t−1} exactly; z(1 − z) = 0 and 1 − z = 0 make
+      every gate gradient 0, and dh passes through the direct term z ⊙ dh.
+RNN   pre = −inf  ⇒ h = tanh(−inf) = −1 or relu(−inf) = 0, whose derivative is exactly 0. No gate
+      can freeze the row, and none needs to: those steps come after everything the row outputs,
+      and with a zero derivative no gradient leaves them, whatever arrives.
 
-The kernels save those activations for backward, where the same values give dG = 0 for every
-gate and dc_{t−1} = f·dc_t = dc_t: the padded steps vanish from every gradient and the cell
-gradient flows through them unchanged. ``h_n`` is each row's output at its own last step
-(gathered, so autograd routes its gradient there) and ``c_n`` is the final cell state (frozen
-since the row's end). One ``torch.where`` per layer call, no per-step work, every fusion level.
+``h_n`` is each row's output at its own last step (gathered, so autograd routes its gradient
+there; for the frozen LSTM / GRU state this equals the final step) and ``c_n`` the final cell
+state (frozen since the row's end). The output past each length is zeroed afterwards.
 
-Semantics follow ``nn.LSTM`` on the packed equivalent (lengths 1…T; here 0 is also allowed: the
-row keeps ``h0``/``c0`` and outputs zeros). The reverse direction of a bidirectional layer starts
-at each row's own end (:func:`reverse_padded`).
+Semantics follow nn's layers on the packed equivalent (lengths 1…T; here 0 is also allowed: the
+row keeps its initial state and outputs zeros). The reverse direction of a bidirectional layer
+starts at each row's own end (:func:`reverse_padded`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
     """``lengths`` (sequence of B ints or a 1-D integer tensor, any device) -> int64 (B,) on ``device``.
 
     Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T]."""
-    t = torch.as_tensor(lengths)
+    try:
+        t = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got "
+                         f"{type(lengths).__name__} {lengths!r:.60}") from None
+    if t.numel() == 0 and not torch.is_tensor(lengths):
+        t = t.to(torch.int64)  # torch.as_tensor([]) is float32: an empty list is an empty batch's lengths
     if t.dim() != 1 or t.numel() != B:
         raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got shape "
                          f"{tuple(t.shape)}")
@@ -49,12 +60,29 @@ def active_steps(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
 
 
-def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """``xp (T, B, 4H)`` fp32 gate pre-activations [i, f, g, o] -> the same with padded steps set to
-    (−inf, +inf, 0, −inf), which freezes the row there (module docstring)."""
-    H = xp.shape[-1] // 4
-    pad = xp.new_tensor([-_INF, _INF, 0.0, -_INF]).repeat_interleave(H)
+# Pre-activations of a step past a row's length, per gate block (module docstring).
+PADDED_STEP = {
+    "LSTM": (-_INF, _INF, 0.0, -_INF),  # i = 0, f = 1, o = 0: c passes through, h = 0
+    "GRU": (0.0, _INF, 0.0),            # z = 1: h_t = h_{t−1}; r, n finite and their gradients 0
+    "RNN_TANH": (-_INF,),               # h = −1, derivative 0: no gradient flows out
+    "RNN_RELU": (-_INF,),               # h = 0, derivative 0
+}
+
+
+def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor, mode: str = "LSTM") -> torch.Tensor:
+    """``xp (T, B, G·H)`` fp32 gate pre-activations in nn's gate order, ``active (T, B)`` bool ->
+    the same with the steps past each row's length set to ``PADDED_STEP[mode]`` (module docstring)."""
+    blocks = PADDED_STEP[mode]
+    H = xp.shape[-1] // len(blocks)
+    pad = xp.new_tensor(blocks).repeat_interleave(H)
     return torch.where(active[..., None], xp, pad)
+
+
+def zero_padding(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``x (T, B, I)`` with the steps past each row's length set to 0, ``active (T, B)`` bool.
+    Padding may hold anything (NaN from ``torch.empty``); nn never reads it, and neither may the
+    input projection's weight gradient, Σ dxp ⊗ x, where 0 · NaN would be NaN."""
+    return torch.where(active[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def last_hidden(y: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -124,7 +152,10 @@ def torch_layer(x, states: tuple, weights: list, has_bias: bool, lengths: torch.
 
 def torch_module_forward(forward, input: torch.Tensor, hx, lengths: torch.Tensor, batch_first: bool):
     """``nn.LSTM.forward`` (``forward``) on padded ``input`` with ``lengths`` and states ``hx``, via
-    packing; the output is padded again to the input's length."""
+    packing; the output is padded again to the input's length. An empty batch needs no packing
+    (nor can it be packed): nn's own forward on the dense input gives its empty results."""
+    if input.size(0 if batch_first else 1) == 0:
+        return forward(input, hx)
     T = input.size(1 if batch_first else 0)
     packed = pack_padded_sequence(input, lengths.clamp(min=1).cpu(), batch_first=batch_first, enforce_sorted=False)
     out, states = forward(packed, hx)

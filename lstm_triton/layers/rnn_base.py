@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from . import packed
-from .backend import BACKENDS, FUSIONS, _debug, check_choice, choose_backend
+from .backend import BACKENDS, FUSIONS, check_choice, choose_backend
 
 EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn's RuntimeError
 
@@ -98,10 +98,16 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     """The checks and casts of a functional one-layer call after its shape checks.
 
     ``weights``: name -> tensor or None ("weight_ih", "weight_hh", "bias_ih", "bias_hh", ...);
-    ``states``: name -> (tensor or None, expected shape); None becomes zeros. Checks devices, shapes,
+    ``states``: name -> (tensor or None, expected shape); None becomes zeros. Checks devices, shapes
+    (biases exactly ``(gate_rows,)``, on every backend, so that no call depends on broadcasting),
     T > 0 and dtypes (after autocast) with nn's errors; fills a missing bias of a pair with zeros
     (``gate_rows`` long). Returns ``(input, states tuple, weights dict, backend, lengths, autocast on)``."""
     _check_parameter_devices(input, weights.values())
+    for name in ("bias_ih", "bias_hh"):  # the kernels read gate_rows values from the pointer: never broadcast
+        b = weights[name]
+        if b is not None and tuple(b.shape) != (gate_rows,):
+            raise RuntimeError(f"{name} must have shape ({gate_rows},) (one value per gate row), "
+                               f"got {tuple(b.shape)}")
     filled = {}
     for name, (t, shape) in states.items():
         filled[name] = input.new_zeros(shape) if t is None else t
@@ -143,6 +149,8 @@ class FusedRNNMixin:
         [0, T] (see the functional form); the output stays padded (zeros past each length).
         PackedSequence input gives PackedSequence output, as nn's."""
         is_packed = isinstance(input, PackedSequence)
+        if not is_packed and not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}")
         data = input.data if is_packed else input
         if lengths is not None and (is_packed or data.dim() != 3):
             raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
@@ -157,9 +165,6 @@ class FusedRNNMixin:
         if lengths is not None:
             batch_dim = 0 if self.batch_first else 1
             lengths = packed.check_lengths(lengths, data.size(1 - batch_dim), data.size(batch_dim), data.device)
-        if backend == "triton" and not self._KERNELS_TAKE_LENGTHS and (is_packed or lengths is not None):
-            _debug("%s with lengths or a PackedSequence -> torch's kernel: %s", self.mode, self._NO_LENGTHS_REASON)
-            backend = "torch"
         if backend == "torch":
             if lengths is None:
                 return super().forward(input, hx)
@@ -174,17 +179,20 @@ class FusedRNNMixin:
             out, states = packed.torch_module_forward(forward_tuple, input, self._wrap(hx), lengths, self.batch_first)
             return out, self._unwrap(states)
         if is_packed:
-            padded, lengths = packed.unpack(input)
-            output, states = self._triton_forward(padded, hx, ac, lengths, batch_first=False)
+            padded, lengths = packed.unpack(input)  # time-major, whatever batch_first says
+            if self.batch_first:  # nn ignores batch_first for packed input: present it as batch_first
+                padded = padded.transpose(0, 1)
+            output, states = self._triton_forward(padded, hx, ac, lengths)
+            output = output.transpose(0, 1) if self.batch_first else output
             return packed.repack(output, lengths, input), states
         return self._triton_forward(input, hx, ac, lengths)
 
-    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None, batch_first=None):
+    def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None):
         # Argument checks mirror nn's forward, so errors have the same types and messages.
         if input.dim() not in (2, 3):
             raise ValueError(self._INPUT_DIM_ERROR.format(name=self.mode.split("_")[0], dim=input.dim()))
         batched = input.dim() == 3
-        batch_first = self.batch_first if batch_first is None else batch_first
+        batch_first = self.batch_first
         batch_dim = 0 if batch_first else 1
         if not batched:
             input = input.unsqueeze(batch_dim)
@@ -243,8 +251,6 @@ class FusedRNNMixin:
 
     # ------------------------------------------------------------------ hooks of a single-state layer
     # (GRU, RNN); the LSTM overrides them for its (h, c).
-    _KERNELS_TAKE_LENGTHS = True
-    _NO_LENGTHS_REASON = ""
     _INPUT_DIM_ERROR = "{name}: Expected input to be 2D or 3D, got {dim}D instead"
 
     def _check_hx_count(self, hx) -> None:
