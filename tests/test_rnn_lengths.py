@@ -181,7 +181,7 @@ def test_lengths_that_are_not_integers_raise_one_value_error(lengths):
     assert "\n" not in str(info.value)
 
 
-def test_an_input_that_is_not_a_tensor_is_a_type_error():
+def test_an_input_that_is_not_a_tensor_is_nn_s_attribute_error_with_a_clear_message():
     np = pytest.importorskip("numpy")
-    with pytest.raises(TypeError, match="input must be a torch.Tensor or a PackedSequence, got ndarray"):
+    with pytest.raises(AttributeError, match="input must be a torch.Tensor or a PackedSequence, got ndarray"):
         lstm_triton.LSTM(2, 5)(np.zeros((3, 2, 2), dtype=np.float32))

@@ -149,8 +149,8 @@ class FusedRNNMixin:
         [0, T] (see the functional form); the output stays padded (zeros past each length).
         PackedSequence input gives PackedSequence output, as nn's."""
         is_packed = isinstance(input, PackedSequence)
-        if not is_packed and not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}")
+        if not is_packed and not isinstance(input, torch.Tensor):  # nn's type (it calls input.dim()), a clear message
+            raise AttributeError(f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}")
         data = input.data if is_packed else input
         if lengths is not None and (is_packed or data.dim() != 3):
             raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
