@@ -24,9 +24,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The benchmark suite runs once inside the tests, at the tiny profile, through make bench's own
-# entry point (tests/test_bench_report.py), so it cannot rot.
+# entry point (tests/test_bench_report.py), so it cannot rot. The tests run on pytest-xdist workers,
+# one per core (TEST_WORKERS=0: in this process); a module with an expensive module fixture is kept
+# on one worker (xdist_group, --dist loadgroup).
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

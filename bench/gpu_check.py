@@ -1,6 +1,6 @@
 """The GPU check: correctness on CUDA, race and deadlock checks of the persistent level, per-step
-timings of every level against nn.LSTM in three precisions, end-to-end d2l tokens/s, and the SASS
-tensor-core columns — one command, under 8 minutes on an H200, no network.
+timings of every level against nn.LSTM (three precisions) and nn.GRU (TF32, bf16), end-to-end d2l
+tokens/s, and the SASS tensor-core columns — one command, under 8 minutes on an H200, no network.
 
     python -m bench.gpu_check --out results/gpu          # on a CUDA machine (bench/gpu_check.sh)
     python -m bench.gpu_check --out /tmp/x --smoke       # CPU, interpreter, tiny shapes (CI)
@@ -46,12 +46,13 @@ CUDA_TESTS = ["tests/test_lstm_triton.py", "tests/test_lstm_math.py", "tests/tes
               "tests/test_projection.py", "tests/test_gru_rnn.py", "tests/test_precision.py"]
 # Seconds per stage on a GPU (a bare machine compiles every kernel first: the tests get most).
 # The layers stage gave 30 s to the varlen stage (compiling at H=512 is most of varlen's time).
-# They add up to 400 s, plus the SASS stage's last wait (what is left of TOTAL_S): under the 455 s
+# The GRU's layer rows (two precisions, two shapes) took 40 s: 30 from the tests, 10 from TOTAL_S.
+# They add up to 410 s, plus the SASS stage's last wait (what is left of TOTAL_S): under the 465 s
 # that gpu_check.sh allows, which with its ~15 s of set-up stays inside 8 minutes.
-GPU_DEADLINES = {"tests": 200, "race": 25, "layers": 100, "varlen": 30, "e2e": 45}
+GPU_DEADLINES = {"tests": 170, "race": 25, "layers": 140, "varlen": 30, "e2e": 45}
 SMOKE_DEADLINES = {"race": 300, "layers": 300, "varlen": 300, "e2e": 300}  # a busy 2-core CPU, the interpreter
 STAGE_ORDER = ("race", "layers", "varlen", "e2e")
-TOTAL_S = {"gpu": 440, "smoke": 900}
+TOTAL_S = {"gpu": 450, "smoke": 900}
 
 
 def run_tests(out: Path, timeout_s: int) -> dict:
@@ -97,16 +98,17 @@ def read_parts(parts: Path, stage: str) -> list[dict]:
 
 
 def accuracy_table(layers: pd.DataFrame) -> pd.DataFrame:
-    """One row per shape × precision × provider: the forward error vs float64 and whether it passes:
-    within the precision's tolerance, or within 2× nn.LSTM's own error at the same shape and
-    precision (what fp arithmetic allows there). nn.LSTM is the baseline: reported, never failed."""
+    """One row per cell × shape × precision × provider: the forward error vs float64 and whether it
+    passes: within the precision's tolerance, or within 2× torch.nn's own error for the same cell,
+    shape and precision (what fp arithmetic allows there). torch.nn is the baseline: reported,
+    never failed. Rows without a ``cell`` column are the LSTM's."""
+    key = ["cell", "shape", "precision"]
     if layers.empty:
-        return pd.DataFrame(columns=["shape", "precision", "provider", "rel_err", "tolerance", "ok"])
-    acc = layers.drop_duplicates(["shape", "precision", "provider"])[
-        ["shape", "precision", "provider", "rel_err", "tolerance"]].copy()
-    nn_err = acc[acc["provider"] == "nn"].set_index(["shape", "precision"])["rel_err"]
-    bound = [max(tol, 2 * nn_err.get((s, p), 0.0)) for s, p, tol in zip(acc["shape"], acc["precision"],
-                                                                          acc["tolerance"])]
+        return pd.DataFrame(columns=[*key, "provider", "rel_err", "tolerance", "ok"])
+    layers = layers.assign(cell=layers["cell"].fillna("lstm")) if "cell" in layers else layers.assign(cell="lstm")
+    acc = layers.drop_duplicates([*key, "provider"])[[*key, "provider", "rel_err", "tolerance"]].copy()
+    nn_err = acc[acc["provider"] == "nn"].set_index(key)["rel_err"]
+    bound = [max(tol, 2 * nn_err.get(k, 0.0)) for k, tol in zip(zip(*(acc[c] for c in key)), acc["tolerance"])]
     acc["ok"] = [(prov == "nn") or (math.isfinite(err) and err <= b)
                  for prov, err, b in zip(acc["provider"], acc["rel_err"], bound)]
     return acc
@@ -145,14 +147,16 @@ def _varlen_caption(varlen: pd.DataFrame) -> str:
 
 
 def per_step_table(layers: pd.DataFrame) -> str:
-    """µs per time step, with the speedup over nn.LSTM, rows shape × precision × mode."""
+    """µs per time step, with the speedup over torch.nn's layer of the same cell (nn.LSTM, nn.GRU),
+    rows cell × shape × precision × mode."""
     if layers.empty:
         return "(no layer timings)"
-    nn_us = layers[layers["provider"] == "nn"].set_index(["shape", "precision", "mode"])["us_per_step"]
+    key_cols = ["cell", "shape", "precision", "mode"]
+    nn_us = layers[layers["provider"] == "nn"].set_index(key_cols)["us_per_step"]
     providers = [p for p in LAYER_PROVIDERS if p in set(layers["provider"])]
-    header = ["shape", "precision", "mode", *providers]
+    header = [*key_cols, *providers]
     rows = []
-    for key, grp in layers.groupby(["shape", "precision", "mode"], sort=False):
+    for key, grp in layers.groupby(key_cols, sort=False):
         cells = list(key)
         for provider in providers:
             row = grp[grp["provider"] == provider]
@@ -164,7 +168,7 @@ def per_step_table(layers: pd.DataFrame) -> str:
             plain = provider == "nn" or math.isnan(speedup) or bool(row["interpreted"].iloc[0])  # no speed figure
             cells.append(f"{us:.3g}" + ("" if plain else f" ({speedup:.2f}×)"))
         rows.append(cells)
-    return _text_table(header, rows)
+    return _text_table(header, rows, left=len(key_cols))
 
 
 def e2e_table(e2e: pd.DataFrame) -> str:
@@ -190,9 +194,10 @@ def _cell(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _text_table(header: list[str], rows: list[list[str]]) -> str:
+def _text_table(header: list[str], rows: list[list[str]], left: int = 3) -> str:
+    """Plain-text columns: the first ``left`` left-aligned (labels), the rest right-aligned (numbers)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= left else str(c).ljust(w)
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
@@ -231,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     e2e = pd.DataFrame(e2e_rows)
     varlen = pd.DataFrame(varlen_rows)
     if not layers.empty:
-        nn_ms = layers[layers["provider"] == "nn"].set_index(["shape", "precision", "mode"])["ms"]
-        layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in
-                                   zip(zip(layers["shape"], layers["precision"], layers["mode"]), layers["ms"])]
+        nn_ms = layers[layers["provider"] == "nn"].set_index(["cell", "shape", "precision", "mode"])["ms"]
+        layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in zip(
+            zip(layers["cell"], layers["shape"], layers["precision"], layers["mode"]), layers["ms"])]
     layers.to_csv(out / "timings.csv", index=False)
     e2e.to_csv(out / "e2e.csv", index=False)
     varlen.to_csv(out / "varlen.csv", index=False)
-    acc = accuracy_table(pd.concat([layers, varlen.assign(shape="varlen")] if not varlen.empty else [layers]))
+    acc = accuracy_table(pd.concat([layers, varlen.assign(cell="lstm", shape="varlen")] if not varlen.empty
+                                   else [layers]))
     report.update({"race": race, "accuracy": acc.to_dict("records"), "sass": sass,
                    "seconds": round(time.perf_counter() - start, 1)})
     (out / "checks.json").write_text(json.dumps(report, indent=2, default=str))
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     race_ok = bool(race) and all(r["bit_identical"] for r in race)
     bad_acc = acc[~acc["ok"]]
     stage_fail = [s for s in report["stages"] if s["exit_code"] != 0]
-    timed = "median µs per time step (do_bench); (speedup vs nn.LSTM)" if device.type == "cuda" else \
+    timed = "median µs per time step (do_bench); (speedup vs torch.nn of the same cell)" if device.type == "cuda" else \
         "µs per time step (interpreter: correctness run, not a timing)"
     lines = [f"device: {machine['device']} | torch {machine['torch']} | triton {machine['triton']} | "
              f"cuDNN {machine['cudnn']} | interpreter {machine['interpreter']} | {report['seconds']} s",
@@ -256,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"tests: exit {t['exit_code']}: {t['summary']}" + (f" ({t['note']})" if t["note"] else ""))
     lines += [f"race check (persistent, repeated runs bit-identical): {'PASS' if race_ok else 'FAIL'} "
               f"({len(race)} cases)",
-              "accuracy vs float64 nn.LSTM (forward; varlen: forward+backward on the PackedSequence): "
-              + ("all within tolerance" if bad_acc.empty else
-                                                           "FAIL " + bad_acc.to_string(index=False)),
+              "accuracy vs float64 torch.nn of the same cell (forward; varlen: forward+backward on the "
+              "PackedSequence): " + ("all within tolerance" if bad_acc.empty else
+                                     "FAIL " + bad_acc.to_string(index=False)),
               "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations:", sass_table(sass),
               "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),
               "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call (÷ B for ms per "

@@ -5,12 +5,14 @@
 Stages (each appends JSON records to ``DIR/STAGE.jsonl`` as it goes, so a stage stopped at its
 deadline still leaves what it measured):
 
-- ``race``: the persistent level run repeatedly on the same inputs; outputs and every gradient
-  must be bit-identical (a missing barrier shows up as run-to-run differences).
+- ``race``: the persistent level run repeatedly on the same inputs (LSTM and GRU); outputs and
+  every gradient must be bit-identical (a missing barrier shows up as run-to-run differences).
 - ``layers``: microseconds per time step (forward, forward+backward; ``triton.testing.do_bench``
-  medians on CUDA) for nn.LSTM and every Triton level, in three precisions: fp32 with IEEE dots
-  (``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32`` False), fp32
-  with TF32 (both True) and bf16, plus each forward output's error against float64 nn.LSTM.
+  medians on CUDA) for torch.nn and every Triton level, per cell (the LSTM in three precisions:
+  fp32 with IEEE dots — ``torch.backends.cudnn.allow_tf32`` and
+  ``torch.backends.cuda.matmul.allow_tf32`` False —, fp32 with TF32 (both True) and bf16; the GRU
+  in the two its targets name, TF32 and bf16), plus each forward output's error against float64
+  torch.nn of the same cell.
 - ``varlen``: the variable-length target case (B=64, I=H=512, T=1024, lengths uniform in
   [256, 1024], seeded; bench/varlen.py), fp32 with TF32 and bf16, forward and forward+backward:
   milliseconds per batch for nn.LSTM on the PackedSequence, nn.LSTM on the same data padded
@@ -41,7 +43,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
 
 from bench.measure import make_inputs, operation, rel_err  # noqa: E402
-from bench.providers import build_layer, reference_weights, status  # noqa: E402
+from bench.providers import build_layer, fusion_ran, reference_weights, status  # noqa: E402
 
 LEVELS = ("triton-cell", "triton-step", "triton-persistent")
 LAYER_PROVIDERS = ("nn", *LEVELS)
@@ -52,6 +54,9 @@ SMOKE_SHAPES = (("tiny", 6, 3, 5, 20),)
 PRECISIONS = {"fp32-ieee": (torch.float32, False), "fp32-tf32": (torch.float32, True), "bf16": (torch.bfloat16, None)}
 # Relative error vs float64 (DESIGN.md): exact fp32 dots 1e-5, tf32 1e-3, bf16 1e-2.
 TOLERANCE = {"fp32-ieee": 1e-5, "fp32-tf32": 1e-3, "bf16": 1e-2}
+# cell -> the precisions its layer timings run in: the GRU's targets name the d2l shape (TF32, what
+# cuDNN does for fp32 by default) and bf16; fp32-IEEE would only repeat the LSTM's lesson.
+CELL_PRECISIONS = {"lstm": tuple(PRECISIONS), "gru": ("fp32-tf32", "bf16")}
 # (label, impl, fusion, epochs): "naive briefly"; epoch 1 includes compilation, hence the median.
 GPU_E2E = (("nn", "nn", "auto", 6), ("triton-auto", "triton", "auto", 6),
            ("triton-persistent", "triton", "persistent", 6), ("naive", "naive", "auto", 3))
@@ -100,6 +105,28 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _runnable(stage: str, label: str, precisions, providers, status_fn, device):
+    """Each (precision, dtype, provider, status) of a stage that can run here, yielded inside its
+    precision's TF32 switches; the others are skipped with their reason."""
+    for precision in precisions:
+        dtype, tf32 = PRECISIONS[precision]
+        for provider in providers:
+            st = status_fn(provider, device, dtype)
+            if not st.available:
+                what = " ".join(filter(None, (label, precision, provider)))
+                print(f"  [{stage}] skip {what}: {st.reason}", flush=True)
+                continue
+            with tf32_switches(tf32):
+                yield precision, dtype, provider, st
+
+
+def _precision_fields(precision: str, st) -> dict:
+    """What every timing record says about how it ran: tolerance, interpreter, TF32 switches."""
+    return {"tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # surfaces a barrier timeout (device-side assert) here
@@ -108,51 +135,54 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------- race
 
 
-def race_check(provider: str, shape, dtype: torch.dtype, device, repeats: int) -> dict:
+def race_check(provider: str, shape, dtype: torch.dtype, device, repeats: int, cell: str = "lstm") -> dict:
     """Same inputs ``repeats`` times: outputs and every gradient must be bit-identical."""
     name, T, B, I, H = shape
-    layer = build_layer(provider, reference_weights(I, H), device, dtype)
+    layer = build_layer(provider, reference_weights(I, H, cell=cell), device, dtype, cell)
     results = []
     for _ in range(repeats):
-        inputs = make_inputs(T, B, I, H, device, dtype, seed=3)
-        out, (h, c) = layer(inputs.x, (inputs.h0, inputs.c0))
+        inputs = make_inputs(T, B, I, H, device, dtype, seed=3, cell=cell)
+        out, state = layer(inputs.x, inputs.hx)
         out.backward(inputs.dy)
-        tensors = [out, h, c, inputs.x.grad, inputs.h0.grad, inputs.c0.grad] + [p.grad for p in layer.parameters()]
+        states = list(state) if isinstance(state, tuple) else [state]  # (h, c) or h
+        tensors = [out, *states, *(leaf.grad for leaf in inputs.leaves.values()),
+                   *(p.grad for p in layer.parameters())]
         results.append([t.detach().clone() for t in tensors])
         layer.zero_grad(set_to_none=True)
     _sync(device)
     identical = all(torch.equal(a, b) for run in results[1:] for a, b in zip(results[0], run))
-    return {"provider": provider, "shape": name, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
-            "bit_identical": identical}
+    return {"cell": cell, "provider": provider, "shape": name, "dtype": str(dtype).removeprefix("torch."),
+            "repeats": repeats, "bit_identical": identical}
 
 
 def stage_race(parts: Path, device, smoke: bool) -> None:
-    cases = [(SMOKE_SHAPES[0], torch.float32)] if smoke else [(GPU_SHAPES[0], torch.float32),
-                                                              (GPU_SHAPES[1], torch.bfloat16)]
-    for shape, dtype in cases:
+    cases = [(SMOKE_SHAPES[0], torch.float32, cell) for cell in CELL_PRECISIONS] if smoke else \
+        [(GPU_SHAPES[0], torch.float32, "lstm"), (GPU_SHAPES[1], torch.bfloat16, "lstm"),
+         (GPU_SHAPES[0], torch.float32, "gru")]
+    for shape, dtype, cell in cases:
         if status("triton-persistent", device, dtype).available:
-            _append(parts, "race", race_check("triton-persistent", shape, dtype, device, repeats=3 if smoke else 5))
+            _append(parts, "race", race_check("triton-persistent", shape, dtype, device, 3 if smoke else 5, cell))
 
 
 # --------------------------------------------------------------------------------------- layers
 
 
-@lru_cache(maxsize=2)
-def _expected_output(T: int, B: int, I: int, H: int) -> torch.Tensor:
-    weights = reference_weights(I, H)
-    ref = build_layer("nn", {k: v.double() for k, v in weights.items()}, "cpu", torch.float64)
-    inputs = make_inputs(T, B, I, H, "cpu", torch.float64)
+@lru_cache(maxsize=4)
+def _expected_output(T: int, B: int, I: int, H: int, cell: str) -> torch.Tensor:
+    weights = reference_weights(I, H, cell=cell)
+    ref = build_layer("nn", {k: v.double() for k, v in weights.items()}, "cpu", torch.float64, cell)
+    inputs = make_inputs(T, B, I, H, "cpu", torch.float64, cell=cell)
     with torch.no_grad():
-        return ref(inputs.x, (inputs.h0, inputs.c0))[0]
+        return ref(inputs.x, inputs.hx)[0]
 
 
-def accuracy(layer, shape, dtype: torch.dtype, device) -> float:
-    """Forward output of ``layer`` vs nn.LSTM in float64 on the CPU (relative error)."""
+def accuracy(layer, shape, dtype: torch.dtype, device, cell: str = "lstm") -> float:
+    """Forward output of ``layer`` vs torch.nn's ``cell`` in float64 on the CPU (relative error)."""
     name, T, B, I, H = shape
-    inputs = make_inputs(T, B, I, H, "cpu", torch.float64)
+    inputs = make_inputs(T, B, I, H, device, dtype, cell=cell)
     with torch.no_grad():
-        got, _ = layer(inputs.x.to(device, dtype), (inputs.h0.to(device, dtype), inputs.c0.to(device, dtype)))
-    return rel_err(got, _expected_output(T, B, I, H))
+        got, _ = layer(inputs.x, inputs.hx)
+    return rel_err(got, _expected_output(T, B, I, H, cell))
 
 
 def time_ms(run, device) -> float:
@@ -168,27 +198,21 @@ def time_ms(run, device) -> float:
 
 
 def stage_layers(parts: Path, device, smoke: bool) -> None:
-    for shape in SMOKE_SHAPES if smoke else GPU_SHAPES:
-        name, T, B, I, H = shape
-        for precision, (dtype, tf32) in PRECISIONS.items():
-            for provider in LAYER_PROVIDERS:
-                st = status(provider, device, dtype)
-                if not st.available:
-                    print(f"  [layers] skip {name} {precision} {provider}: {st.reason}", flush=True)
-                    continue
-                with tf32_switches(tf32):
-                    layer = build_layer(provider, reference_weights(I, H), device, dtype)
-                    err = accuracy(layer, shape, dtype, device)
-                    for mode in ("forward", "forward_backward"):
-                        run = operation(mode, layer, make_inputs(T, B, I, H, device, dtype, seed=1), device)
-                        ms = time_ms(run, device)
-                        _append(parts, "layers", {
-                            "shape": name, "T": T, "B": B, "I": I, "H": H, "precision": precision, "mode": mode,
-                            "provider": provider, "ms": ms, "us_per_step": ms * 1e3 / T, "rel_err": err,
-                            "tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
-                            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                            "triton_dot_precision": triton_dot_precision(dtype)})
+    for cell, precisions in CELL_PRECISIONS.items():
+        for shape in SMOKE_SHAPES if smoke else GPU_SHAPES:
+            name, T, B, I, H = shape
+            for precision, dtype, provider, st in _runnable("layers", f"{cell} {name}", precisions,
+                                                            LAYER_PROVIDERS, status, device):
+                layer = build_layer(provider, reference_weights(I, H, cell=cell), device, dtype, cell)
+                err = accuracy(layer, shape, dtype, device, cell)
+                inputs = make_inputs(T, B, I, H, device, dtype, seed=1, cell=cell)
+                for mode in ("forward", "forward_backward"):
+                    ms = time_ms(operation(mode, layer, inputs, device), device)
+                    _append(parts, "layers", {
+                        "cell": cell, "shape": name, "T": T, "B": B, "I": I, "H": H, "precision": precision,
+                        "mode": mode, "provider": provider, "fusion": fusion_ran(provider, cell, B, H, dtype, device),
+                        "ms": ms, "us_per_step": ms * 1e3 / T, "rel_err": err, **_precision_fields(precision, st),
+                        "triton_dot_precision": triton_dot_precision(dtype)})
 
 
 # --------------------------------------------------------------------------------------- varlen
@@ -206,26 +230,17 @@ def stage_varlen(parts: Path, device, smoke: bool) -> None:
     )
 
     T, B, I, H = VARLEN_SMOKE if smoke else VARLEN_GPU
-    for precision in VARLEN_PRECISIONS:
-        dtype, tf32 = PRECISIONS[precision]
-        for provider in VARLEN_STAGE_PROVIDERS:
-            st = varlen_status(provider, device, dtype)
-            if not st.available:
-                print(f"  [varlen] skip {precision} {provider}: {st.reason}", flush=True)
-                continue
-            with tf32_switches(tf32):
-                layer = build_varlen_layer(provider, reference_weights(I, H), device, dtype)
-                errors = check_varlen(provider, layer, "forward_backward", T, B, I, H, device, dtype, 0)
-                inputs = make_varlen_inputs(T, B, I, H, device, dtype, seed=1)
-                for mode in ("forward_backward", "forward"):
-                    ms = time_ms(varlen_operation(mode, provider, layer, inputs, device), device)
-                    _append(parts, "varlen", {
-                        "T": T, "B": B, "I": I, "H": H, **length_config(inputs, T), "precision": precision,
-                        "mode": mode, "provider": provider, "ms": ms, "ms_per_sequence": ms / B,
-                        "rel_err": max(errors.values()), "worst": max(errors, key=errors.get),
-                        "tolerance": TOLERANCE[precision], "interpreted": st.interpreted,
-                        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32})
+    for precision, dtype, provider, st in _runnable("varlen", "", VARLEN_PRECISIONS, VARLEN_STAGE_PROVIDERS,
+                                                    varlen_status, device):
+        layer = build_varlen_layer(provider, reference_weights(I, H), device, dtype)
+        errors = check_varlen(provider, layer, "forward_backward", T, B, I, H, device, dtype, 0)
+        inputs = make_varlen_inputs(T, B, I, H, device, dtype, seed=1)
+        for mode in ("forward_backward", "forward"):
+            ms = time_ms(varlen_operation(mode, provider, layer, inputs, device), device)
+            _append(parts, "varlen", {
+                "T": T, "B": B, "I": I, "H": H, **length_config(inputs, T), "precision": precision, "mode": mode,
+                "provider": provider, "ms": ms, "ms_per_sequence": ms / B, "rel_err": max(errors.values()),
+                "worst": max(errors, key=errors.get), **_precision_fields(precision, st)})
 
 
 # ------------------------------------------------------------------------------------------ e2e

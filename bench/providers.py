@@ -6,12 +6,11 @@ Each provider turns one set of PyTorch-layout layer-0 weights of a cell (``lstm`
 ``(1, B, H)``). A provider that cannot run here says why (``unavailable``), and its benchmarks are
 skipped with that reason.
 
-A ``triton-<level>`` provider asks for that fusion level; the layer may run another one (GRU and
-RNN have no persistent kernel in this version, so ``persistent`` resolves to ``step`` there, and
-bf16 under the interpreter goes to ``cell``). :func:`fusion_ran` asks the library's own decision
+A ``triton-<level>`` provider asks for that fusion level; the layer may run another one (bf16
+under the interpreter goes to ``cell``, and a shape whose weights do not fit on chip leaves the
+persistent level). :func:`fusion_ran` asks the library's own decision
 (:func:`lstm_triton.layers.backend.choose_fusion`) which level a call of that shape runs, so the
-reports say what ran instead of what was asked for; once a cell gets a persistent kernel its
-``triton-persistent`` rows say ``persistent`` with no change here.
+reports say what ran instead of what was asked for.
 """
 
 from __future__ import annotations

@@ -14,7 +14,16 @@ from .precision_flags import fp32_precision
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# make test runs one pytest-xdist worker per core: each worker gets its share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+
+@pytest.fixture(autouse=True)
+def seeded_rng():
+    """Every test starts from the same global RNG state, whichever xdist worker runs it and
+    whatever ran before it there: an unseeded torch.randn in a test is reproducible."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True)

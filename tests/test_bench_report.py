@@ -1,6 +1,7 @@
 """The benchmark suite and its report builder, end to end at the tiny profile (seconds)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,16 +10,22 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# make test runs the tests on pytest-xdist workers: keep this module on one worker, so that the
+# tiny bench run (the module fixture below, ~2 min) runs once.
+pytestmark = pytest.mark.xdist_group("tiny_bench")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """`make bench`'s entry point at the tiny profile, publishing a copy as for docs/results/cpu."""
     out = tmp_path_factory.mktemp("bench")
+    # An xdist worker's PYTEST_XDIST_WORKER would tell the inner pytest-benchmark that xdist is on,
+    # which disables every benchmark; `make bench` never has it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--profile=tiny", "--out", str(out / "results"),
          "--publish", str(out / "published"), "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return out / "results"
 
@@ -248,14 +255,17 @@ def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "race check (persistent, repeated runs bit-identical): PASS" in proc.stdout
-    assert proc.stdout.rstrip().splitlines()[-1].startswith("tiny ")  # the per-step table comes last
+    assert "race check (persistent, repeated runs bit-identical): PASS (2 cases)" in proc.stdout  # LSTM, GRU
+    assert proc.stdout.rstrip().splitlines()[-1].split()[:2] == ["gru", "tiny"]  # the per-step table comes last
     assert len(list(tmp_path.iterdir())) <= 8  # what a device session can bring back
 
     timings = pd.read_csv(tmp_path / "timings.csv")
     assert {"nn", "triton-cell", "triton-step", "triton-persistent"} <= set(timings["provider"])
     assert {"fp32-ieee", "fp32-tf32", "bf16"} <= set(timings["precision"])
     assert {"forward", "forward_backward"} == set(timings["mode"])
+    assert set(timings["cell"]) == {"lstm", "gru"}  # the GRU's targets are measured beside the LSTM's
+    gru_persistent = timings[(timings["cell"] == "gru") & (timings["provider"] == "triton-persistent")]
+    assert set(gru_persistent["fusion"]) == {"persistent"} and set(gru_persistent["precision"]) == {"fp32-tf32"}
     fp32 = timings[timings["precision"].str.startswith("fp32")]
     assert (fp32["rel_err"] <= 1e-5).all()  # the interpreter's dots are exact whatever the switch says
     assert (timings[timings["precision"] == "bf16"]["rel_err"] <= 1e-2).all()

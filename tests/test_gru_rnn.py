@@ -5,6 +5,7 @@ harness, as the LSTM's tests do; ``auto`` picks persistent when it fits, else st
 """
 
 import contextlib
+import copy
 import logging
 
 import pytest
@@ -273,15 +274,18 @@ def test_empty_batch_gives_empty_results_and_zero_grads(cell):
 def test_autocast_gives_nn_result_dtype(cell):
     """CPU autocast casts nn.RNN to bf16 but leaves nn.GRU's result in float32 (gru is not on ATen's
     CPU list; its inner GEMMs still run in bf16, ours run in fp32): the same result dtypes, and
-    values within bf16's tolerance of nn's."""
-    ref, ours = _layer_pair(cell)
-    ref = ref.float()
-    x = torch.randn(4, 2, 4)
+    values against float64: each within bf16's tolerance or no worse than nn's own autocast result
+    (two bf16 results can each be ~1e-2 off float64, so they are not compared with each other)."""
+    ref64, ours = _layer_pair(cell)
+    x = torch.randn(4, 2, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact = ref64(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, h = ours(x)
-        ry, rh = ref(x)
-    assert (y.dtype, h.dtype) == (ry.dtype, rh.dtype)
-    assert rel_err(y, ry) <= TOL[torch.bfloat16] and rel_err(h, rh) <= TOL[torch.bfloat16]
+        got = ours(x)
+        nn_got = copy.deepcopy(ref64).float()(x)
+    assert [t.dtype for t in got] == [t.dtype for t in nn_got]
+    errors = [(rel_err(a, e), rel_err(n, e)) for a, n, e in zip(got, nn_got, exact)]
+    assert all(e <= TOL[torch.bfloat16] or e <= nn_e for e, nn_e in errors), f"(ours, nn) vs float64: {errors}"
 
 
 @pytest.mark.parametrize("cell", ["GRU", "RNN_TANH"])
