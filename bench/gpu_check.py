@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device)
     deadlines, total = (SMOKE_DEADLINES, TOTAL_S["smoke"]) if args.smoke else (GPU_DEADLINES, TOTAL_S["gpu"])
     arch, arch_why = device_arch()
-    sass_job = SassReport(out / "kernel_report.json", arch)  # CPU-bound: runs beside the GPU stages
+    sass_job = SassReport(out / "kernel_report.json", arch, rated_only=args.smoke)  # CPU-bound: beside the stages
     report: dict = {"machine": machine, "stages": []}
     if not args.smoke:
         report["tests"] = run_tests(out, deadlines["tests"])

@@ -291,6 +291,9 @@ def test_gpu_check_script_runs_its_smoke_mode(tmp_path):
     assert checks["sass"]["arch"] == "sm_90" and checks["sass"]["rows"], checks["sass"]
     assert {r["shape"] for r in checks["sass"]["rows"]} == {"d2l", "large"}
     assert "SASS, sm_90" in proc.stdout
+    # the smoke run compiles only the rated builds it shows (a GPU run keeps the whole set)
+    report = json.loads((tmp_path / "kernel_report.json").read_text())
+    assert report and all(b["d2l_shape"] or b["large_shape"] for b in report)
 
 
 def test_tf32_switches_set_both_flags_and_restore_them():

@@ -266,11 +266,15 @@ def _compile_one(build: KernelBuild) -> KernelBuild:
     return compile_build(build, KERNELS[build.kernel])
 
 
-def build_all(arch: str = "sm_90", workers: int | None = None, representative: bool = False) -> list[KernelBuild]:
-    """Compile every planned build, in parallel processes (each compile is single-threaded)."""
+def build_all(arch: str = "sm_90", workers: int | None = None, representative: bool = False,
+              rated_only: bool = False) -> list[KernelBuild]:
+    """Compile every planned build, in parallel processes (each compile is single-threaded).
+    ``rated_only``: only the builds the d2l and large shapes pick (``d2l_shape``/``large_shape``)."""
     from concurrent.futures import ProcessPoolExecutor
 
     plans = planned_builds(arch, representative)
+    if rated_only:
+        plans = [b for b in plans if b.d2l_shape or b.large_shape]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(_compile_one, plans))
 
@@ -293,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--representative", action="store_true",
                         help="GRU/RNN persistent builds only where the d2l and large shapes land (the tests' set)")
+    parser.add_argument("--rated", action="store_true",
+                        help="only the builds the d2l and large shapes pick (the GPU check's SASS rows)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         print("lstm-triton kernels: error: unset TRITON_INTERPRET to compile for a GPU", file=sys.stderr)
         return 2
-    builds = build_all(args.arch, representative=args.representative)
+    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated)
     print(json.dumps([asdict(b) for b in builds]) if args.json else format_table(builds))
     return 0
 
