@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml Makefile
 
 # The benchmark suite runs once inside the tests, at the tiny profile, through make bench's own
 # entry point (tests/test_bench_report.py), so it cannot rot. The tests run on pytest-xdist workers,
-# one per core (TEST_WORKERS=0: in this process); a module with an expensive module fixture is kept
-# on one worker (xdist_group, --dist loadgroup).
+# one per core (TEST_WORKERS=0: in this process), a whole file to a worker (--dist loadfile): the
+# module fixtures that compile every kernel (test_aot_compile) or run the tiny bench
+# (test_bench_report) then run once. (xdist_group/loadgroup would group finer, but it silently
+# stopped grouping with pytest 9.2: pytest-dev/pytest-xdist#1386.)
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

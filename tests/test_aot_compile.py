@@ -21,9 +21,6 @@ SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory p
 # most of it): a cold Triton cache compiles it in over 10 minutes on 2 cores. By default the tests
 # compile the representative set (kernel_report.planned_builds); LSTM_TRITON_AOT=all compiles all.
 ALL = os.environ.get("LSTM_TRITON_AOT", "") == "all"
-# One xdist worker for this module: its fixture compiles in parallel processes of its own, and two
-# workers compiling the same kernels at once would do the work twice.
-pytestmark = pytest.mark.xdist_group("aot")
 
 
 @pytest.fixture(scope="module", params=["sm_80", "sm_90"])

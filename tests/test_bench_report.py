@@ -10,9 +10,6 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# make test runs the tests on pytest-xdist workers: keep this module on one worker, so that the
-# tiny bench run (the module fixture below, ~2 min) runs once.
-pytestmark = pytest.mark.xdist_group("tiny_bench")
 
 
 @pytest.fixture(scope="module")
