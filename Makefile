@@ -27,11 +27,13 @@ $(STAMP): pyproject.toml Makefile
 # entry point (tests/test_bench_report.py), so it cannot rot. The tests run on pytest-xdist workers,
 # one per core (TEST_WORKERS=0: in this process), a whole file to a worker (--dist loadfile): the
 # module fixtures that compile every kernel (test_aot_compile) or run the tiny bench
-# (test_bench_report) then run once. (xdist_group/loadgroup would group finer, but it silently
-# stopped grouping with pytest 9.2: pytest-dev/pytest-xdist#1386.)
+# (test_bench_report) then run once. Files go out in collection order (--no-loadscope-reorder, not
+# largest first), so test_aot_compile, the longest single file on a cold Triton cache, starts first
+# instead of last. (xdist_group/loadgroup would group finer, but it silently stopped grouping with
+# pytest 9.2: pytest-dev/pytest-xdist#1386.)
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
