@@ -63,7 +63,7 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
 
     from lstm_triton.kernels.cell_math import GATES
     from lstm_triton.kernels.launch_config import persistent_choices
-    from lstm_triton.layers.kernel_report import _shape_picks
+    from lstm_triton.layers.kernel_report import _shape_picks, representative_persistent
 
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
     persistent = builds[builds["level"] == "persistent"]
@@ -72,9 +72,12 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
     for cell, gates in GATES.items():
         rows = persistent[cells == cell]
         choices = persistent_choices(arch, gates)
-        if not ALL and cell != 0:  # the representative set: what the d2l and large shapes pick
-            choices = {k: v for k, v in choices.items() if k in _shape_picks(arch, gates)}
-            assert len(choices) >= 3, cell
+        if not ALL:  # the representative set: what the d2l and large shapes pick, and the extremes
+            picks = _shape_picks(arch, gates)
+            choices = {k: v for k, v in choices.items() if k in representative_persistent(arch, gates)}
+            assert picks <= set(choices) and len(choices) >= len(picks) + 3, cell
+            widest = max(c.block_k + c.block_k2 for c, _ in persistent_choices(arch, gates))
+            assert widest in {c.block_k + c.block_k2 for c, _ in choices}, cell
         built = {(c["BLOCK_B"], c["BLOCK_K"], c["BLOCK_K2"], c["SPLIT"], w, dt)
                  for c, w, dt in zip(rows["constexprs"], rows["num_warps"], rows["dtype"])}
         assert built == {(c.block_b, c.block_k, c.block_k2, c.split_k, c.num_warps, names[dt]) for c, dt in choices}

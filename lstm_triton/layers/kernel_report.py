@@ -215,16 +215,39 @@ def _shape_picks(major: int, gates: int) -> set:
     return picks
 
 
+def _resource_extremes(major: int, gates: int) -> set:
+    """The persistent configurations that hold the most on chip, per dtype: the largest W slice
+    (BLOCK_K + BLOCK_K2) with the widest batch tile, once with a one-part and once with a two-part
+    (BLOCK_K2 > 0) reduction — where shared memory and registers run out first."""
+    choices = persistent_choices(major, gates)
+    extremes = set()
+    for dt in TYPE:
+        for two_part in (False, True):
+            pool = [(c, d) for c, d in choices if d == dt and (c.block_k2 > 0) == two_part]
+            if pool:
+                extremes.add(max(pool, key=lambda cd: (cd[0].block_k + cd[0].block_k2, cd[0].block_b)))
+    return extremes
+
+
+def representative_persistent(major: int, gates: int) -> set:
+    """The persistent configurations the tests compile for a cell of ``gates`` gate blocks: what
+    the d2l and large shapes pick, and the resource extremes."""
+    return _shape_picks(major, gates) | _resource_extremes(major, gates)
+
+
 def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]:
     """A build for every configuration reachable from the launchers on ``arch``.
 
-    ``representative``: every cell and step build and the LSTM's whole persistent set, but of
-    GRU's and the plain RNNs' persistent sets only what the d2l and large shapes pick (each dtype
-    and precision, forward and backward): 336 builds per architecture instead of ~600, which
-    keeps a cold-cache ``make test`` within its budget (316 on sm_80). ``lstm-triton kernels`` builds them all."""
+    ``representative`` (what the tests compile, to keep a cold-cache ``make test`` within its
+    budget): of each cell type's persistent set only :func:`representative_persistent`; every step
+    build; every cell-level build on sm_90, and on sm_80 only the widest block (the cell kernels have
+    no tl.dot, so the two architectures get the same elementwise code). 312 builds on sm_90 and 236
+    on sm_80 instead of 612 and 576; ``lstm-triton kernels`` (``LSTM_TRITON_AOT=all`` in the tests)
+    builds them all."""
     major = int(arch.removeprefix("sm_")) // 10
     plans = []
-    for cfg in reachable_pointwise_configs():
+    pointwise = reachable_pointwise_configs()
+    for cfg in pointwise[-1:] if representative and major < 9 else pointwise:
         for dt in TYPE:
             for name in ("cell_forward_kernel", "cell_backward_kernel"):
                 # CELL (cell_math.py) unset is the LSTM; GRU and the two plain RNNs are their own builds.
@@ -244,7 +267,7 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
     large_cfg = persistent_config(*LARGE, arch=major)[0]
     for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):  # each cell type has its own reachable set (its W slice)
         choices = persistent_choices(major, GATES[cell])
-        wanted = _shape_picks(major, GATES[cell]) if representative and cell != LSTM else choices
+        wanted = representative_persistent(major, GATES[cell]) if representative else choices
         for cfg, dt in sorted(choices, key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b)):
             if (cfg, dt) not in wanted:
                 continue
