@@ -8,7 +8,7 @@ summary.md (:meth:`Profile.cell_plan`).
 
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
 minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
-providers run under the interpreter there, at the d2l shape only and 10 epochs, as correctness
+providers run under the interpreter there, at the d2l shape only and 3 epochs, as correctness
 runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets the
 variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on a
 CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
@@ -191,7 +191,7 @@ PROFILES = {
         sweeps=_sweep("batch", (4, 16, 64), 35, 0, 128)
         + _sweep("hidden", (64, 128, 256, 512), 35, 16, 0)
         + _sweep("seq_len", (16, 64, 256), 0, 16, 128),
-        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=10, check_epochs=10),
+        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=3, check_epochs=3),
         large_rounds=1,
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
@@ -200,8 +200,9 @@ PROFILES = {
         # from single cases (quiet-machine seconds, ~1.3x idle: layer cases 47, char LM naive+nn 45,
         # interpreted char LM 100). The d2l shape in every mode (interpreted Triton there too, as for
         # the LSTM) and the sweeps, but no large shape (~40 s a cell for naive and nn); the char LM
-        # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20 s an epoch with the
-        # predictions at the step level, which GRU/RNN persistent also runs until they get a kernel)
+        # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20-40 s an epoch). The
+        # LSTM's interpreted levels run 3 epochs (10 took ~40 s an epoch at step and persistent on
+        # 2026-11-30, 15 min for the three: the whole budget)
         lstm_only_shapes=("large",),
         cell_e2e=tuple((cell, E2EConfig(epochs=50, interpreted_epochs=1, check_epochs=1))
                        for cell in ("gru", "rnn", "rnn_relu")),

@@ -240,10 +240,11 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
 
     ``representative`` (what the tests compile, to keep a cold-cache ``make test`` within its
     budget): of each cell type's persistent set only :func:`representative_persistent`; every step
-    build; of the cell level only the widest block (1024 with 8 warps: the most elements per thread,
-    so the most registers; the narrower blocks run the same elementwise code). 240 builds on sm_90
-    and 236 on sm_80 instead of 612 and 576; ``lstm-triton kernels`` (``LSTM_TRITON_AOT=all`` in the
-    tests) builds them all."""
+    build of the LSTM, and of the other cell types (the same skeleton, another CELL) the largest
+    tile per dtype; of the cell level only the widest block (1024 with 8 warps: the most elements
+    per thread, so the most registers; the narrower blocks run the same elementwise code). 192
+    builds on sm_90 and 188 on sm_80 instead of 612 and 576; ``lstm-triton kernels``
+    (``LSTM_TRITON_AOT=all`` in the tests) builds them all."""
     major = int(arch.removeprefix("sm_")) // 10
     plans = []
     pointwise = reachable_pointwise_configs()
@@ -254,6 +255,10 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
                 for cell in ({}, {"CELL": GRU}, {"CELL": RNN_TANH}, {"CELL": RNN_RELU}):
                     plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block, **cell}, cfg.num_warps, arch))
     d2l_step, large_step = step_config(*D2L), step_config(*LARGE)
+    largest_step = {}
+    for cfg, dt in reachable_step_configs():
+        if dt not in largest_step or cfg.block_b * cfg.block_h > largest_step[dt].block_b * largest_step[dt].block_h:
+            largest_step[dt] = cfg
     for cfg, dt in reachable_step_configs():
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
         for prec in precisions:
@@ -261,6 +266,8 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
             for name in ("step_forward_kernel", "step_backward_kernel"):
                 flags = _shape_flags(name, dt, prec, consts, d2l_step, large_step, cfg)
                 plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, **flags))
+                if representative and cfg != largest_step[dt]:
+                    continue  # the other cell types: the same skeleton, at its largest tile
                 for cell in (GRU, RNN_TANH, RNN_RELU):  # the rated shapes are the LSTM's: no flags
                     plans.append(KernelBuild(name, "step", TYPE[dt], {**consts, "CELL": cell}, cfg.num_warps, arch))
     d2l_cfg = persistent_config(*D2L, arch=major)[0]
