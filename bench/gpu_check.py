@@ -53,6 +53,7 @@ GPU_DEADLINES = {"tests": 170, "race": 25, "layers": 140, "varlen": 30, "e2e": 4
 SMOKE_DEADLINES = {"race": 300, "layers": 300, "varlen": 300, "e2e": 300}  # a busy 2-core CPU, the interpreter
 STAGE_ORDER = ("race", "layers", "varlen", "e2e")
 TOTAL_S = {"gpu": 450, "smoke": 900}
+LAYER_KEY = ["cell", "shape", "precision", "mode"]  # a layer timing row; its speedup is over nn's row of the same key
 
 
 def run_tests(out: Path, timeout_s: int) -> dict:
@@ -151,7 +152,7 @@ def per_step_table(layers: pd.DataFrame) -> str:
     rows cell × shape × precision × mode."""
     if layers.empty:
         return "(no layer timings)"
-    key_cols = ["cell", "shape", "precision", "mode"]
+    key_cols = LAYER_KEY
     nn_us = layers[layers["provider"] == "nn"].set_index(key_cols)["us_per_step"]
     providers = [p for p in LAYER_PROVIDERS if p in set(layers["provider"])]
     header = [*key_cols, *providers]
@@ -236,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     e2e = pd.DataFrame(e2e_rows)
     varlen = pd.DataFrame(varlen_rows)
     if not layers.empty:
-        nn_ms = layers[layers["provider"] == "nn"].set_index(["cell", "shape", "precision", "mode"])["ms"]
+        nn_ms = layers[layers["provider"] == "nn"].set_index(LAYER_KEY)["ms"]
         layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in zip(
-            zip(layers["cell"], layers["shape"], layers["precision"], layers["mode"]), layers["ms"])]
+            zip(*(layers[c] for c in LAYER_KEY)), layers["ms"])]
     layers.to_csv(out / "timings.csv", index=False)
     e2e.to_csv(out / "e2e.csv", index=False)
     varlen.to_csv(out / "varlen.csv", index=False)

@@ -256,11 +256,10 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
                 for cell in ({}, {"CELL": GRU}, {"CELL": RNN_TANH}, {"CELL": RNN_RELU}):
                     plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block, **cell}, cfg.num_warps, arch))
     d2l_step, large_step = step_config(*D2L), step_config(*LARGE)
-    largest_step = {}
-    for cfg, dt in reachable_step_configs():
-        if dt not in largest_step or cfg.block_b * cfg.block_h > largest_step[dt].block_b * largest_step[dt].block_h:
-            largest_step[dt] = cfg
-    for cfg, dt in reachable_step_configs():
+    step_configs = reachable_step_configs()
+    largest_step = {dt: max((c for c, d in step_configs if d == dt), key=lambda c: c.block_b * c.block_h)
+                    for dt in {d for _, d in step_configs}}
+    for cfg, dt in step_configs:
         precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
         for prec in precisions:
             consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec}
