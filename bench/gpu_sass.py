@@ -2,8 +2,9 @@
 device's own architecture (sm_90 when there is no GPU or the report does not know the device's),
 started in the background, and the rows it marks as the d2l and large configurations.
 
-The tensor-core columns (``mma_instructions``, ``useful_mac_fraction``) are shown when the report
-has them; an older report without them gives a note, not a failure.
+The tensor-core columns (``mma_instructions`` in the PTX, ``sass_mma_instructions``,
+``useful_mac_fraction``) are shown when the report has them; an older report without them gives a
+note, not a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-TENSOR_CORE_COLUMNS = ("mma_instructions", "useful_mac_fraction")
+TENSOR_CORE_COLUMNS = ("mma_instructions", "sass_mma_instructions", "useful_mac_fraction")
 COLUMNS = ("shape", "kernel", "level", "dtype", "num_warps", "registers", "spill_bytes", "shared_bytes",
            *TENSOR_CORE_COLUMNS)
 REPORT_ARCHES = ("sm_80", "sm_90")  # what kernel_report --arch accepts

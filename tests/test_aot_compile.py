@@ -74,7 +74,8 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
         choices = persistent_choices(arch, gates)
         if not ALL:  # the representative set: what the d2l and large shapes pick, and the extremes
             picks = _shape_picks(arch, gates)
-            choices = {k: v for k, v in choices.items() if k in representative_persistent(arch, gates)}
+            wanted = representative_persistent(arch, gates)
+            choices = {k: v for k, v in choices.items() if k in wanted}
             assert picks <= set(choices) and len(choices) >= len(picks) + 3, cell
             widest = max(c.block_k + c.block_k2 for c, _ in persistent_choices(arch, gates))
             assert widest in {c.block_k + c.block_k2 for c, _ in choices}, cell
@@ -103,11 +104,15 @@ def test_tiles_compute_no_padding_at_the_d2l_and_large_shapes(builds):
 
 
 def test_tensor_cores_run_the_dots(builds):
-    """mma_instructions counts HMMA/HGMMA/… in the SASS: the default (TF32) fp32 configuration at
+    """mma_instructions counts mma.sync/wgmma in the PTX: the default (TF32) fp32 configuration at
     the d2l shape and every bf16/fp16 dot use tensor cores; IEEE fp32 dots cannot (0 MMAs), which
-    shows the count tells the two apart."""
+    shows the count tells the two apart. At the d2l and large shapes the SASS is disassembled too,
+    and ptxas kept every one (HMMA/HGMMA…); the other rows are not disassembled (-1)."""
     d2l = builds[builds["d2l_shape"]]
     assert len(d2l) == 4 and (d2l["mma_instructions"] > 0).all(), d2l.to_string()
+    rated = builds["d2l_shape"] | builds["large_shape"]
+    assert (builds.loc[rated, "sass_mma_instructions"] == builds.loc[rated, "mma_instructions"]).all()
+    assert (builds.loc[~rated, "sass_mma_instructions"] == -1).all()
     gemm = builds[builds["level"] != "cell"]
     half = gemm[gemm["dtype"] != "fp32"]
     ieee = gemm[gemm["constexprs"].map(lambda c: c["PRECISION"] == "ieee")]
@@ -180,25 +185,34 @@ def test_persistent_kernels_compile_once_for_every_sequence_length():
     assert proc.stdout.splitlines() == ["persistent_forward_kernel ['T']", "persistent_backward_kernel ['T']"]
 
 
-def test_cubin_facts_are_read_once_per_cubin_and_kept_by_its_bytes(tmp_path, monkeypatch):
-    """The report disassembles a cubin once; the same bytes later give the kept numbers, other
-    bytes (another build, another compiler) are read afresh, and a damaged entry is read again."""
+def test_mma_count_reads_ptx_instructions():
+    from lstm_triton.layers.kernel_report import count_ptx_mma
+
+    ptx = """
+\tmma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 { %r1, %r2, %r3, %r4 }, { %r5 }, { %r6 }, { %r7 };
+\t@%p3 mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 { %r1 }, { %r5 }, { %r6 }, { %r7 };
+\twgmma.mma_async.sync.aligned.m64n16k8.f32.tf32.tf32 { %r1 }, %rd1, %rd2, 1, 1, 1;
+\twgmma.fence.sync.aligned;
+\tfma.rn.f32 %r8, %r9, %r10, %r8;
+\t// mma.sync in a comment
+"""
+    assert count_ptx_mma(ptx) == 3
+
+
+def test_cubin_facts_disassemble_only_when_asked(monkeypatch):
+    """The resource usage is read for every build; the SASS (a third of a cold compile) only
+    for the rows that ask for it."""
     from lstm_triton.layers import kernel_report as kr
 
     calls = []
 
     def cuobjdump(cubin, *flags):
-        calls.append(cubin)
-        return ("Function k:\n  REG:40 STACK:0 SHARED:1024 LOCAL:8 CONSTANT[0]:1\n"
-                "        /*0a70*/                   HMMA.1684.F32.TF32 R20, R4, R16, R20 ;\n")
+        calls.append(flags)
+        sass = "        /*0a70*/                   HMMA.1684.F32.TF32 R20, R4, R16, R20 ;\n"
+        return "Function k:\n  REG:40 STACK:0 SHARED:1024 LOCAL:8 CONSTANT[0]:1\n" + (
+            sass if "--dump-sass" in flags else "")
 
-    monkeypatch.setattr(kr, "_facts_dir", lambda: str(tmp_path))
     monkeypatch.setattr(kr, "_cuobjdump", cuobjdump)
-    facts = kr.cubin_facts(b"one")
-    assert facts == {"REG": 40, "STACK": 0, "SHARED": 1024, "LOCAL": 8, "MMA": 1}
-    assert kr.cubin_facts(b"one") == facts and calls == [b"one"]
-    kr.cubin_facts(b"two")
-    assert calls == [b"one", b"two"]
-    for entry in tmp_path.iterdir():
-        entry.write_text("{")
-    assert kr.cubin_facts(b"one") == facts and len(calls) == 3
+    assert kr.cubin_facts(b"k") == {"REG": 40, "STACK": 0, "SHARED": 1024, "LOCAL": 8}
+    assert kr.cubin_facts(b"k", sass=True) == {"REG": 40, "STACK": 0, "SHARED": 1024, "LOCAL": 8, "SASS_MMA": 1}
+    assert calls == [("--dump-resource-usage",), ("--dump-resource-usage", "--dump-sass")]

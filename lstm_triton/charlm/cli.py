@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernels", help="compile every kernel configuration for a GPU and report registers/spills")
     k.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
     k.add_argument("--json", action="store_true")
+    k.add_argument("--sass", action="store_true",
+                   help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
     return parser
 
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "kernels":
             from ..layers.kernel_report import main as report
 
-            return report(["--arch", args.arch] + (["--json"] if args.json else []))
+            return report(["--arch", args.arch] + (["--json"] if args.json else []) + (["--sass"] if args.sass else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")
     except UsageError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)

@@ -12,7 +12,6 @@ tests call it in a subprocess for that reason.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -64,6 +63,8 @@ LARGE = (16, 768, torch.bfloat16)
 # SASS opcodes of tensor-core matrix multiplies: HMMA (mma.sync, fp16/bf16/tf32), HGMMA (sm_90
 # wgmma), IMMA/IGMMA (integer), DMMA (fp64), QGMMA (fp8).
 MMA_OPCODE = re.compile(r"\b(?:HMMA|HGMMA|IMMA|IGMMA|DMMA|QGMMA)\.")
+# Their PTX: each mma.sync / wgmma.mma_async instruction becomes one of the above.
+PTX_MMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:mma\.sync|wgmma\.mma_async)\.", re.MULTILINE)
 
 
 @dataclass
@@ -80,7 +81,10 @@ class KernelBuild:
     spill_bytes: int = -1  # local memory per thread (register spills)
     stack_bytes: int = -1
     shared_bytes: int = -1
-    mma_instructions: int = -1  # tensor-core instructions in the SASS (0: the dots run on the FMA units)
+    mma_instructions: int = -1  # tensor-core MMA instructions in the PTX (0: the dots run on the FMA units)
+    # The same count in the SASS ptxas wrote: disassembled for the d2l/large rows only (-1 elsewhere;
+    # ``--sass``: every row), where it shows ptxas kept every MMA the PTX asked for.
+    sass_mma_instructions: int = -1
     d2l_shape: bool = False  # the config picked for B=32, H=256, fp32 (default precision)
     large_shape: bool = False  # the config picked for B=16, H=768, bf16
     # At the shape this row is picked for (d2l or large): real multiply-adds of the recurrent GEMM
@@ -114,36 +118,15 @@ def _cuobjdump(cubin: bytes, *flags: str) -> str:
         return subprocess.run([tool, *flags, f.name], capture_output=True, text=True, check=True).stdout
 
 
-def _facts_dir() -> str:
-    """Where :func:`cubin_facts` keeps what it read: next to Triton's compiled kernels (same lifetime)."""
-    knobs = getattr(triton, "knobs", None)
-    base = knobs.cache.dir if knobs is not None else os.environ.get(
-        "TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
-    return os.path.join(base, "lstm_triton_kernel_report")
-
-
-def cubin_facts(cubin: bytes) -> dict[str, int]:
-    """REG, STACK, SHARED, LOCAL (cuobjdump's resource usage) and MMA (tensor-core instructions in its
-    SASS) of one cubin. Disassembling takes ~0.35 s a build, most of a report whose compiles Triton's
-    cache already holds, so the numbers are kept on disk under the sha256 of the cubin's bytes (and
-    the Triton version, whose cuobjdump reads them): the same bytes always give the same numbers."""
-    key = hashlib.sha256(cubin + triton.__version__.encode()).hexdigest()
-    path = os.path.join(_facts_dir(), key + ".json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        pass
-    text = _cuobjdump(cubin, "--dump-resource-usage", "--dump-sass")
+def cubin_facts(cubin: bytes, sass: bool = False) -> dict[str, int]:
+    """REG, STACK, SHARED and LOCAL of one cubin (cuobjdump's resource usage, ~10 ms), and with
+    ``sass`` also SASS_MMA, the tensor-core instructions in its disassembly. Disassembling costs
+    ~0.65 s a build (a persistent kernel's SASS is ~1 MB of text), a third of a cold compile, so
+    the report does it only where asked (:func:`compile_build`)."""
+    text = _cuobjdump(cubin, "--dump-resource-usage", *(["--dump-sass"] if sass else []))
     facts = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
-    facts["MMA"] = count_mma_instructions(text)
-    try:  # written whole, then renamed: a concurrent reader sees all of it or nothing
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as f:
-            json.dump(facts, f)
-        os.replace(f.name, path)
-    except OSError:  # a read-only cache costs time, never a result
-        pass
+    if sass:
+        facts["SASS_MMA"] = count_mma_instructions(text)
     return facts
 
 
@@ -152,7 +135,15 @@ def count_mma_instructions(sass: str) -> int:
     return len(MMA_OPCODE.findall(sass))
 
 
-def compile_build(build: KernelBuild, fn) -> KernelBuild:
+def count_ptx_mma(ptx: str) -> int:
+    """Tensor-core MMA instructions (``mma.sync``, ``wgmma.mma_async``) in PTX (static count)."""
+    return len(PTX_MMA.findall(ptx))
+
+
+def compile_build(build: KernelBuild, fn, sass: bool = False) -> KernelBuild:
+    """Compile ``build`` of the @triton.jit ``fn`` for its architecture and fill in what the report
+    reads from the PTX and the cubin; the SASS is disassembled for the d2l/large rows, or every row
+    with ``sass``."""
     major = int(build.arch.removeprefix("sm_"))
     sig, attrs = _signature(fn, {v: k for k, v in TYPE.items()}[build.dtype])
     # ASTSource does not apply a constexpr's default (a launch does): an unset CELL would compile
@@ -169,11 +160,12 @@ def compile_build(build: KernelBuild, fn) -> KernelBuild:
     options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
-    facts = cubin_facts(compiled.asm["cubin"])
+    build.mma_instructions = count_ptx_mma(compiled.asm["ptx"])
+    facts = cubin_facts(compiled.asm["cubin"], sass=sass or build.d2l_shape or build.large_shape)
     build.registers, build.spill_bytes, build.stack_bytes = facts["REG"], facts["LOCAL"], facts["STACK"]
     build.shared_bytes = max(int(compiled.metadata.shared), facts["SHARED"])
     build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
-    build.mma_instructions = facts["MMA"]
+    build.sass_mma_instructions = facts.get("SASS_MMA", -1)
     return build
 
 
@@ -292,21 +284,23 @@ def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]
     return plans
 
 
-def _compile_one(build: KernelBuild) -> KernelBuild:
-    return compile_build(build, KERNELS[build.kernel])
+def _compile_one(build: KernelBuild, sass: bool = False) -> KernelBuild:
+    return compile_build(build, KERNELS[build.kernel], sass)
 
 
 def build_all(arch: str = "sm_90", workers: int | None = None, representative: bool = False,
-              rated_only: bool = False) -> list[KernelBuild]:
+              rated_only: bool = False, sass: bool = False) -> list[KernelBuild]:
     """Compile every planned build, in parallel processes (each compile is single-threaded).
-    ``rated_only``: only the builds the d2l and large shapes pick (``d2l_shape``/``large_shape``)."""
+    ``rated_only``: only the builds the d2l and large shapes pick (``d2l_shape``/``large_shape``);
+    ``sass``: count the SASS MMAs of every build, not only of those."""
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     plans = planned_builds(arch, representative)
     if rated_only:
         plans = [b for b in plans if b.d2l_shape or b.large_shape]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(_compile_one, plans))
+        return list(pool.map(partial(_compile_one, sass=sass), plans))
 
 
 def format_table(builds: list[KernelBuild]) -> str:
@@ -317,7 +311,8 @@ def format_table(builds: list[KernelBuild]) -> str:
     df["shape"] = ["d2l" if d else "large" if g else "" for d, g in zip(df["d2l_shape"], df["large_shape"])]
     df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "").str.replace(" BLOCK_K2=0", "")
     cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes", "shared_bytes",
-            "shared_fits", "mma_instructions", "max_programs", "grid_fits_sms", "shape", "useful_mac_fraction"]
+            "shared_fits", "mma_instructions", "sass_mma_instructions", "max_programs", "grid_fits_sms", "shape",
+            "useful_mac_fraction"]
     return df[cols].to_string(index=False)
 
 
@@ -329,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="GRU/RNN persistent builds only where the d2l and large shapes land (the tests' set)")
     parser.add_argument("--rated", action="store_true",
                         help="only the builds the d2l and large shapes pick (the GPU check's SASS rows)")
+    parser.add_argument("--sass", action="store_true",
+                        help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         print("lstm-triton kernels: error: unset TRITON_INTERPRET to compile for a GPU", file=sys.stderr)
         return 2
-    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated)
+    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated, sass=args.sass)
     print(json.dumps([asdict(b) for b in builds]) if args.json else format_table(builds))
     return 0
 
