@@ -130,3 +130,34 @@ def test_functional_results_own_their_storage(fusion):
         t.detach_()  # the issue's case: c_n was a view of the saved (T+1,B,H) buffer
         t.mul_(2.0)
         t.resize_(t.numel() + 1)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
+def test_an_in_place_edit_of_the_output_is_an_error_at_backward_never_a_wrong_gradient(cell):
+    """The recurrence saves its output y for backward (the h_{t−1} of dW_hh), as cuDNN's nn layers
+    do on CUDA: editing y in place (relu_, ReLU(inplace=True)) then fails at backward with autograd's
+    "modified by an inplace operation". h_n owns its storage: editing it in place is fine, and the
+    gradients are nn's."""
+    from .helpers import CELLS
+
+    ref_class, name, extra = CELLS[cell]
+    torch.manual_seed(0)
+    ref = ref_class(3, 5, **extra)
+    ours = getattr(lstm_triton, name)(3, 5, fusion="step", backend="triton", **extra).to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3)
+    y, _ = ours(x.to(DEVICE))
+    y.relu_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    grads = []
+    for layer in (ours, ref):
+        layer.zero_grad()
+        xg = x.to(DEVICE if layer is ours else "cpu", copy=True).requires_grad_()
+        _, state = layer(xg)
+        h_n = state[0] if cell == "LSTM" else state
+        h_n.relu_()
+        h_n.sum().backward()
+        grads.append([xg.grad.cpu()] + [p.grad.cpu() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

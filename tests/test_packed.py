@@ -164,11 +164,12 @@ def test_functional_lstm_with_lengths(fusion):
     ([1.0, 2.0, 3.0], "lengths must hold integers"),
     ([1, 2, 9], r"lengths must lie in \[0, T=4\]"),
     ([-1, 2, 3], r"lengths must lie in \[0, T=4\]"),
-], ids=["wrong-size", "float", "too-long", "negative"])
+    (torch.tensor([1, 2, 3], device="meta"), "lengths must hold values: got a meta tensor"),
+], ids=["wrong-size", "float", "too-long", "negative", "meta"])
 def test_bad_lengths_are_one_line_errors(bad, message):
     layer = lstm_triton.LSTM(2, 3, backend="triton", device=DEVICE)
     with pytest.raises(ValueError, match=message):
-        layer(torch.randn(4, 3, 2, device=DEVICE), lengths=torch.tensor(bad))
+        layer(torch.randn(4, 3, 2, device=DEVICE), lengths=bad if torch.is_tensor(bad) else torch.tensor(bad))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -82,7 +82,9 @@ def gru(input: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, b
 
     ``input (T, B, I)``; ``weight_ih (3H, I)``, ``weight_hh (3H, H)``, biases ``(3H,)`` with gate rows
     [r, z, n]; ``hx (B, H)``, zeros if None; ``lengths`` as in :func:`lstm_triton.lstm`. Returns
-    ``(output (T, B, H), h_n (B, H))`` in the input's dtype (under autocast: the autocast dtype).
+    ``(output (T, B, H), h_n (B, H))`` in the input's dtype; under autocast in nn.GRU's: float16 on
+    CUDA (cuDNN's rule), on CPU ``promote_types(hx's dtype or the input's, autocast dtype)`` (see
+    :func:`lstm_triton.layers.rnn_base.autocast_dtype`).
 
     Raises ValueError for a bad ``fusion``/``backend``/``lengths``, an input that is not 3-D, I = 0 or
     H = 0, ``backend='triton'`` where it cannot run; RuntimeError with nn's messages for T = 0, wrong

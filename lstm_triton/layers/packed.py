@@ -34,7 +34,11 @@ _INF = float("inf")
 def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
     """``lengths`` (sequence of B ints or a 1-D integer tensor, any device) -> int64 (B,) on ``device``.
 
-    Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T]."""
+    Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T], or is a
+    meta tensor (no values) for an input that has values."""
+    if torch.is_tensor(lengths) and lengths.device.type == "meta" and torch.device(device).type != "meta":
+        raise ValueError("lengths must hold values: got a meta tensor (shape only) for an input on "
+                         f"{torch.device(device)}")
     try:
         t = torch.as_tensor(lengths)
     except (TypeError, ValueError, RuntimeError):

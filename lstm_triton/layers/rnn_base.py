@@ -54,20 +54,28 @@ def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
             raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
 
 
-def autocast_dtype(x: torch.Tensor, mode: str = "LSTM") -> torch.dtype | None:
-    """The dtype autocast gives an nn.LSTM (``mode``: nn.RNNBase.mode, the nn class) on ``x``'s
-    device, or None when autocast is off there or leaves that class alone.
+def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", hx_dtype: torch.dtype | None = None) -> torch.dtype | None:
+    """The dtype of the results autocast gives the nn class ``mode`` (nn.RNNBase.mode) on ``x``'s
+    device, so the dtype every input, state and weight is cast to; None when autocast is off there.
 
     CPU: the autocast dtype, except for GRU: ATen's CPU autocast list holds lstm, rnn_tanh and
-    rnn_relu but not gru (torch 2.13), so nn.GRU stays in its own dtype. CUDA: nn's RNNs run cuDNN,
-    whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to float16 whatever the
-    autocast dtype, bf16 included.
+    rnn_relu but not gru (torch 2.13), so nn.GRU runs its own CPU code, in which autocast casts the
+    linears' operands and the updates ``h = (h_prev − n)·z + n`` promote with the hidden state:
+    its output and h_n come out in ``promote_types(hx_dtype or x.dtype, autocast dtype)``, for any
+    mix of input, hx and weight dtypes (all 144 mixes of fp32/bf16/fp16 weights, input, hx or
+    none, bf16/fp16 autocast, 1 and 2 bidirectional layers, torch 2.13). Ours casts everything to
+    that dtype (so its GEMMs run in fp32 where nn's run in the autocast dtype); None where that is
+    float64 (no casts: all-float64 runs as it is; nn fails on a mix with float64 too).
+
+    CUDA: nn's RNNs run cuDNN, whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to
+    float16 whatever the autocast dtype, bf16 included.
     """
     kind = x.device.type
     if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
         return None
     if kind == "cpu" and mode == "GRU":
-        return None
+        promoted = torch.promote_types(hx_dtype or x.dtype, torch.get_autocast_dtype(kind))
+        return None if promoted == torch.float64 else promoted
     if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
         return torch.float16
     return torch.get_autocast_dtype(kind)
@@ -114,7 +122,7 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
         _check_state(name, filled[name], input, shape)
     if input.shape[0] == 0:
         raise RuntimeError(EMPTY_SEQUENCE)
-    ac = autocast_dtype(input, mode)
+    ac = autocast_dtype(input, mode, next(iter(filled.values())).dtype)
     input = autocast_cast(input, ac)
     filled = {k: autocast_cast(t, ac) for k, t in filled.items()}
     weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
@@ -156,10 +164,13 @@ class FusedRNNMixin:
             raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
                              "its own lengths)")
         self._check_hx_count(hx)
+        # set at construction, but a plain attribute: a later `layer.fusion = ...` is checked here,
+        # not deep in the operator under the LSTM's name
+        check_choice("fusion", self.fusion, FUSIONS)
         if data.dtype != self.weight_ih_l0.dtype:
             self.check_input(data, None)  # nn's own dtype error, before any backend talk
         _check_parameter_devices(data, self._flat_weights)
-        ac = autocast_dtype(data, self.mode)
+        ac = autocast_dtype(data, self.mode, hx.dtype if isinstance(hx, torch.Tensor) else None)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
         if lengths is not None:
