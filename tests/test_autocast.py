@@ -9,6 +9,8 @@ dtype there is read from nn.LSTM itself. The interpreter runs bf16 at the cell l
 fp16 at every level.
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -111,3 +113,65 @@ def test_float64_is_not_cast_by_autocast():
     with torch.autocast(KIND, dtype=torch.bfloat16):
         y, (h, c) = layer(torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE))
     assert (y.dtype, h.dtype, c.dtype) == (torch.float64,) * 3
+
+
+FLOATS = [torch.float32, torch.bfloat16, torch.float16]
+# (autocast dtype, weights, input, state): state None is nn's zeros; the LSTM's h0 and c0 share it.
+# Every input and state dtype under bf16 autocast, and fp16 autocast on an fp16 input (nn.LSTM's
+# oneDNN kernel refuses fp16 otherwise); fp16 weights take the same casts as bf16 ones.
+CPU_AUTOCAST_MIXES = [(torch.bfloat16, w, x, s) for w in FLOATS[:2] for x in FLOATS for s in FLOATS + [None]] + [
+    (torch.float16, torch.float32, torch.float16, s) for s in FLOATS + [None]]
+CPU_AUTOCAST_LAYERS = {"LSTM": (nn.LSTM, {}), "LSTM-proj": (nn.LSTM, {"proj_size": 4}), "GRU": (nn.GRU, {}),
+                       "RNN": (nn.RNN, {})}
+
+
+def _forward_backward(layer, x, states, amp_dtype):
+    """Results and gradient dtypes under CPU autocast (backward of the float32 sums)."""
+    x = x.clone().requires_grad_()
+    states = None if states is None else tuple(s.clone().requires_grad_() for s in states)
+    with torch.autocast("cpu", dtype=amp_dtype):
+        y, final = layer(x, None if states is None else states if len(states) == 2 else states[0])
+    results = (y, *final) if isinstance(final, tuple) else (y, final)
+    sum(r.float().sum() for r in results).backward()
+    leaves = [x, *(states or ()), *layer.parameters()]
+    return results, [t.grad.dtype for t in leaves]
+
+
+@pytest.mark.skipif(KIND != "cpu", reason="CPU autocast rules (CUDA's cuDNN rule is float16 for every class)")
+@pytest.mark.parametrize("layer", CPU_AUTOCAST_LAYERS, ids=CPU_AUTOCAST_LAYERS)
+def test_cpu_autocast_takes_every_dtype_mix_nn_takes(layer):
+    """CPU autocast leaves nn.GRU, and nn.LSTM with proj_size or an fp16 input, to their own code,
+    where only the linears are cast: they then run any mix of weight, input and state dtypes (a
+    bf16 input from an autocast Linear into an fp32 layer), and the state comes out in
+    promote_types(last state's dtype, autocast dtype) (rnn_base.autocast_dtype). For every mix nn
+    runs, ours gives the same result and gradient dtypes, and values within bf16's tolerance of
+    float64 or no worse than nn's own."""
+    nn_class, kwargs = CPU_AUTOCAST_LAYERS[layer]
+    torch.manual_seed(0)
+    ref64 = nn_class(3, 6, dtype=torch.float64, **kwargs)
+    ours = getattr(lstm_triton, nn_class.__name__)(3, 6, fusion="step", backend="triton", **kwargs)
+    ours.load_state_dict(ref64.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    x32 = torch.randn(5, 2, 3, generator=gen)
+    sizes = [ref64.get_expected_hidden_size(x32, None)] + (
+        [ref64.get_expected_cell_size(x32, None)] if nn_class is nn.LSTM else [])
+    s32 = [torch.randn(size, generator=gen) for size in sizes]
+    compared = 0
+    for amp_dtype, wd, xd, sd in CPU_AUTOCAST_MIXES:
+        mix = f"autocast {amp_dtype}, weights {wd}, input {xd}, states {sd}"
+        x, states = x32.to(xd), None if sd is None else tuple(s.to(sd) for s in s32)
+        try:
+            want, want_grads = _forward_backward(copy.deepcopy(ref64).to(wd), x, states, amp_dtype)
+        except RuntimeError:  # nn's oneDNN LSTM has no kernel for this mix
+            continue
+        got, got_grads = _forward_backward(copy.deepcopy(ours).to(wd), x, states, amp_dtype)
+        assert [t.dtype for t in got] == [t.dtype for t in want] and got_grads == want_grads, mix
+        with torch.no_grad():  # the exact result of the same (rounded) numbers
+            exact = copy.deepcopy(ref64).to(wd).double()(
+                x.double(), None if states is None else tuple(s.double() for s in states)
+                if len(states) == 2 else states[0].double())
+        exact = (exact[0], *exact[1]) if isinstance(exact[1], tuple) else exact
+        errors = [(rel_err(a, e), rel_err(n, e)) for a, n, e in zip(got, want, exact)]
+        assert all(e <= TOL or e <= nn_e for e, nn_e in errors), f"{mix}: {errors}"
+        compared += 1
+    assert compared >= 26, compared

@@ -292,41 +292,6 @@ def test_autocast_gives_nn_result_dtype(cell):
     assert all(e <= TOL[torch.bfloat16] or e <= nn_e for e, nn_e in errors), f"(ours, nn) vs float64: {errors}"
 
 
-FLOATS = [torch.float32, torch.bfloat16, torch.float16]
-GRU_AUTOCAST_MIXES = [(torch.bfloat16, w, x, h) for w in FLOATS for x in FLOATS for h in FLOATS + [None]] + [
-    (torch.float16, w, x, None) for w in FLOATS for x in FLOATS]
-
-
-@pytest.mark.skipif(DEVICE != "cpu", reason="CPU autocast rules (CUDA's cuDNN rule is float16 for every class)")
-def test_gru_under_cpu_autocast_takes_every_dtype_mix_nn_takes():
-    """nn.GRU is not on ATen's CPU autocast list: it runs any mix of weight, input and hx dtypes (a
-    bf16 input from an autocast Linear into an fp32 GRU), its linears in the autocast dtype, and
-    its results come out in promote_types(hx's dtype or the input's, autocast dtype). Ours gives
-    the same result and gradient dtypes, and values within bf16's tolerance of float64 or no worse
-    than nn's own."""
-    ref64, ours = _layer_pair("GRU", H=6, fusion="step")
-    gen = torch.Generator().manual_seed(1)
-    x32, h32 = torch.randn(5, 2, 4, generator=gen), torch.randn(1, 2, 6, generator=gen)
-    for ac, wd, xd, hd in GRU_AUTOCAST_MIXES:
-        mix = f"autocast {ac}, weights {wd}, input {xd}, hx {hd}"
-        ref, mine = copy.deepcopy(ref64).to(wd), copy.deepcopy(ours).to(wd)
-        x, h = x32.to(xd), None if hd is None else h32.to(hd)
-        with torch.no_grad():  # the exact result of the same (rounded) numbers
-            exact = copy.deepcopy(ref).double()(x.double(), None if h is None else h.double())
-        results = []
-        for model in (mine, ref):
-            xg, hg = x.clone().requires_grad_(), None if h is None else h.clone().requires_grad_()
-            with torch.autocast("cpu", dtype=ac):
-                y, h_n = model(xg, hg)
-            (y.float().sum() + h_n.float().sum()).backward()
-            grads = [xg.grad] + ([] if hg is None else [hg.grad]) + [p.grad for p in model.parameters()]
-            results.append(((y, h_n), [g.dtype for g in grads]))
-        (got, got_grads), (want, want_grads) = results
-        assert [t.dtype for t in got] == [t.dtype for t in want] and got_grads == want_grads, mix
-        errors = [(rel_err(a, e), rel_err(n, e)) for a, n, e in zip(got, want, exact)]
-        assert all(e <= TOL[torch.bfloat16] or e <= nn_e for e, nn_e in errors), f"{mix}: {errors}"
-
-
 @pytest.mark.parametrize("cell", ["GRU", "RNN_TANH"])
 def test_torch_func_grad_matches_nn(cell):
     from torch.func import functional_call, grad

@@ -10,9 +10,9 @@ the kernels at the cell and step levels (``auto`` and ``persistent`` resolve to 
 log says so).
 
 Behaves as nn.LSTM where users notice: an empty batch gives empty results and zero gradients, T = 0
-is nn.LSTM's RuntimeError; results own their storage; autocast casts input, states and weights to
-the autocast dtype (float64 excepted) and the results come out in it; devices and dtypes are
-checked before any kernel runs, with nn.LSTM's exception types. The recurrence is a PyTorch
+is nn.LSTM's RuntimeError; results own their storage; under autocast the results come out in
+nn.LSTM's dtypes (usually the autocast dtype; ``rnn_base.autocast_dtype`` gives CPU's exceptions);
+devices and dtypes are checked before any kernel runs, with nn.LSTM's exception types. The recurrence is a PyTorch
 operator (``ops.py``): ``torch.compile`` (no graph break; compile with ``dynamic=True`` or
 ``torch._dynamo.mark_dynamic(x, time_dim)`` for one graph across sequence lengths),
 ``torch.export``, ``torch.jit.trace`` and ``torch.func`` (grad, vjp, jacrev) work, as do gradients of
@@ -40,6 +40,7 @@ from .rnn_base import (  # noqa: F401  (re-exported: other modules import them f
     _reverse,
     autocast_cast,
     autocast_dtype,
+    autocast_projection_dtype,
     prepare_functional,
 )
 
@@ -95,8 +96,10 @@ def lstm(
     ``lengths[b]`` steps — past them its output is 0, its state stays as it was (h_n, c_n are taken
     at its own last step) and no gradient flows through the padding, as ``nn.LSTM`` on the packed
     equivalent.
-    Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype (under autocast:
-    the autocast dtype, as nn.LSTM), each owning its storage. B = 0 gives empty results.
+    Returns ``(output (T, B, H), (h_n (B, H), c_n (B, H)))`` in the input's dtype, each owning its
+    storage; under autocast in nn.LSTM's dtypes (the autocast dtype, float16 on CUDA; on CPU with
+    ``weight_hr`` or an fp16 input, c_n in ``promote_types(c0's dtype, autocast dtype)``: see
+    :func:`lstm_triton.layers.rnn_base.autocast_dtype`). B = 0 gives empty results.
 
     Raises ValueError for a bad ``fusion``/``backend``/``lengths``, an input that is not 3-D, I = 0 or
     H = 0 (as nn.LSTM's constructor), ``backend='triton'`` where it cannot run; RuntimeError, with
@@ -132,6 +135,9 @@ def lstm(
     w_ih, w_hh, b_ih, b_hh, w_hr = weights.values()
     with _no_autocast(input, ac):
         y, h, c = _run_layer(fusion, input, h0, c0, w_ih, w_hh, b_ih, b_hh, chosen, lengths, w_hr)
+    projected = autocast_projection_dtype(input, "LSTM", w_hr is not None)
+    if projected is not None and ac:  # nn.LSTM's projection under CPU autocast
+        y, h = y.to(projected), h.to(projected)
     return y, (h, c)
 
 

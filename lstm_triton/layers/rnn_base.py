@@ -54,18 +54,31 @@ def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
             raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
 
 
-def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", hx_dtype: torch.dtype | None = None) -> torch.dtype | None:
-    """The dtype of the results autocast gives the nn class ``mode`` (nn.RNNBase.mode) on ``x``'s
-    device, so the dtype every input, state and weight is cast to; None when autocast is off there.
+def _cpu_autocast_leaves_alone(x: torch.Tensor, mode: str, proj: bool) -> bool:
+    """Where CPU autocast does not cast nn's recurrence as a whole (measured, torch 2.13): GRU (not
+    on ATen's CPU autocast list), and the LSTM with ``proj_size`` or an fp16 input (ATen's generic
+    LSTM code then runs). nn's own code runs instead, with autocast casting its linears' operands."""
+    return mode == "GRU" or (mode == "LSTM" and (proj or x.dtype == torch.float16))
 
-    CPU: the autocast dtype, except for GRU: ATen's CPU autocast list holds lstm, rnn_tanh and
-    rnn_relu but not gru (torch 2.13), so nn.GRU runs its own CPU code, in which autocast casts the
-    linears' operands and the updates ``h = (h_prev − n)·z + n`` promote with the hidden state:
-    its output and h_n come out in ``promote_types(hx_dtype or x.dtype, autocast dtype)``, for any
-    mix of input, hx and weight dtypes (all 144 mixes of fp32/bf16/fp16 weights, input, hx or
-    none, bf16/fp16 autocast, 1 and 2 bidirectional layers, torch 2.13). Ours casts everything to
-    that dtype (so its GEMMs run in fp32 where nn's run in the autocast dtype); None where that is
-    float64 (no casts: all-float64 runs as it is; nn fails on a mix with float64 too).
+
+def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", state_dtype: torch.dtype | None = None,
+                   proj: bool = False) -> torch.dtype | None:
+    """The dtype autocast gives the recurrent state of the nn class ``mode`` (nn.RNNBase.mode) on
+    ``x``'s device, so the dtype every input, state and weight is cast to; None when autocast is off
+    there. ``state_dtype``: the dtype of the last given state (GRU/RNN: hx; LSTM: c0), None when
+    the states are nn's zeros (in x's dtype); ``proj``: an LSTM with ``proj_size > 0``.
+
+    CPU: the autocast dtype, except where autocast leaves nn's layer alone
+    (:func:`_cpu_autocast_leaves_alone`): there autocast casts the linears' operands and the
+    pointwise updates (``c = f·c_prev + i·g``; GRU's ``h = (h_prev − n)·z + n``) promote with the
+    state, so the state comes out in ``promote_types(state_dtype or x.dtype, autocast dtype)``,
+    for any mix of input, state and weight dtypes. (With ``proj_size`` the output and h_n are the
+    projection's linear, in the autocast dtype: :func:`autocast_projection_dtype`.) Measured over
+    every mix of fp32/bf16/fp16 weights, input and states under bf16/fp16 autocast, torch 2.13: 144
+    GRU mixes (1 and 2 bidirectional layers), 270 LSTM mixes with h0 and c0 of their own dtypes,
+    with and without proj_size. Ours casts everything to that dtype (so its GEMMs run in fp32 where
+    nn's run in the autocast dtype); None where it is float64 (no casts: all-float64 runs as it is;
+    nn fails on a mix with float64 too).
 
     CUDA: nn's RNNs run cuDNN, whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to
     float16 whatever the autocast dtype, bf16 included.
@@ -73,12 +86,21 @@ def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", hx_dtype: torch.dtype | 
     kind = x.device.type
     if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
         return None
-    if kind == "cpu" and mode == "GRU":
-        promoted = torch.promote_types(hx_dtype or x.dtype, torch.get_autocast_dtype(kind))
+    if kind == "cpu" and _cpu_autocast_leaves_alone(x, mode, proj):
+        promoted = torch.promote_types(state_dtype or x.dtype, torch.get_autocast_dtype(kind))
         return None if promoted == torch.float64 else promoted
     if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
         return torch.float16
     return torch.get_autocast_dtype(kind)
+
+
+def autocast_projection_dtype(x: torch.Tensor, mode: str, proj: bool) -> torch.dtype | None:
+    """The dtype of an LSTM's output and h_n where CPU autocast leaves nn.LSTM with ``proj_size``
+    alone: the projection is a linear, so they come out in the autocast dtype while c_n follows
+    :func:`autocast_dtype`. None elsewhere (the results are all in ``autocast_dtype``)."""
+    if not (proj and mode == "LSTM" and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        return None
+    return torch.get_autocast_dtype("cpu")
 
 
 def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype | None):
@@ -122,7 +144,7 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
         _check_state(name, filled[name], input, shape)
     if input.shape[0] == 0:
         raise RuntimeError(EMPTY_SEQUENCE)
-    ac = autocast_dtype(input, mode, next(iter(filled.values())).dtype)
+    ac = autocast_dtype(input, mode, list(filled.values())[-1].dtype, weights.get("weight_hr") is not None)
     input = autocast_cast(input, ac)
     filled = {k: autocast_cast(t, ac) for k, t in filled.items()}
     weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
@@ -170,7 +192,9 @@ class FusedRNNMixin:
         if data.dtype != self.weight_ih_l0.dtype:
             self.check_input(data, None)  # nn's own dtype error, before any backend talk
         _check_parameter_devices(data, self._flat_weights)
-        ac = autocast_dtype(data, self.mode, hx.dtype if isinstance(hx, torch.Tensor) else None)
+        last_state = hx if isinstance(hx, torch.Tensor) or hx is None else hx[-1]  # GRU/RNN: h0; LSTM: c0
+        ac = autocast_dtype(data, self.mode, None if last_state is None else last_state.dtype,
+                            getattr(self, "proj_size", 0) > 0)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
         if lengths is not None:
@@ -229,6 +253,9 @@ class FusedRNNMixin:
         with _no_autocast(input, ac is not None):
             output, finals = self._layers(input.transpose(0, 1) if batch_first else input, states, weights, lengths)
         output = output.transpose(0, 1) if batch_first else output
+        projected = autocast_projection_dtype(input, self.mode, getattr(self, "proj_size", 0) > 0)
+        if projected is not None and ac is not None:  # nn.LSTM's projection under CPU autocast
+            output, finals = output.to(projected), (finals[0].to(projected), *finals[1:])
         if not batched:
             output = output.squeeze(batch_dim)
             finals = tuple(f.squeeze(1) for f in finals)
