@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstm_triton
 
@@ -121,17 +122,27 @@ FLOATS = [torch.float32, torch.bfloat16, torch.float16]
 # oneDNN kernel refuses fp16 otherwise); fp16 weights take the same casts as bf16 ones.
 CPU_AUTOCAST_MIXES = [(torch.bfloat16, w, x, s) for w in FLOATS[:2] for x in FLOATS for s in FLOATS + [None]] + [
     (torch.float16, torch.float32, torch.float16, s) for s in FLOATS + [None]]
-CPU_AUTOCAST_LAYERS = {"LSTM": (nn.LSTM, {}), "LSTM-proj": (nn.LSTM, {"proj_size": 4}), "GRU": (nn.GRU, {}),
-                       "RNN": (nn.RNN, {})}
+# layer -> (nn class, constructor kwargs, packed input); packed runs the fp32-weight mixes
+CPU_AUTOCAST_LAYERS = {"LSTM": (nn.LSTM, {}, False), "LSTM-proj": (nn.LSTM, {"proj_size": 4}, False),
+                       "GRU": (nn.GRU, {}, False), "RNN": (nn.RNN, {}, False), "LSTM-packed": (nn.LSTM, {}, True),
+                       "GRU-packed": (nn.GRU, {}, True), "RNN-packed": (nn.RNN, {}, True)}
+PACKED_LENGTHS = [3, 5]  # unsorted
 
 
-def _forward_backward(layer, x, states, amp_dtype):
+def _call(layer, x, states, packed):
+    """``(output (padded), *final states)`` of ``layer`` on time-major ``x``, packed or not."""
+    hx = None if states is None else states if len(states) == 2 else states[0]
+    y, final = layer(pack_padded_sequence(x, PACKED_LENGTHS, enforce_sorted=False) if packed else x, hx)
+    y = pad_packed_sequence(y)[0] if packed else y
+    return (y, *final) if isinstance(final, tuple) else (y, final)
+
+
+def _forward_backward(layer, x, states, amp_dtype, packed):
     """Results and gradient dtypes under CPU autocast (backward of the float32 sums)."""
     x = x.clone().requires_grad_()
     states = None if states is None else tuple(s.clone().requires_grad_() for s in states)
     with torch.autocast("cpu", dtype=amp_dtype):
-        y, final = layer(x, None if states is None else states if len(states) == 2 else states[0])
-    results = (y, *final) if isinstance(final, tuple) else (y, final)
+        results = _call(layer, x, states, packed)
     sum(r.float().sum() for r in results).backward()
     leaves = [x, *(states or ()), *layer.parameters()]
     return results, [t.grad.dtype for t in leaves]
@@ -140,13 +151,13 @@ def _forward_backward(layer, x, states, amp_dtype):
 @pytest.mark.skipif(KIND != "cpu", reason="CPU autocast rules (CUDA's cuDNN rule is float16 for every class)")
 @pytest.mark.parametrize("layer", CPU_AUTOCAST_LAYERS, ids=CPU_AUTOCAST_LAYERS)
 def test_cpu_autocast_takes_every_dtype_mix_nn_takes(layer):
-    """CPU autocast leaves nn.GRU, and nn.LSTM with proj_size or an fp16 input, to their own code,
-    where only the linears are cast: they then run any mix of weight, input and state dtypes (a
-    bf16 input from an autocast Linear into an fp32 layer), and the state comes out in
-    promote_types(last state's dtype, autocast dtype) (rnn_base.autocast_dtype). For every mix nn
-    runs, ours gives the same result and gradient dtypes, and values within bf16's tolerance of
+    """CPU autocast leaves nn.GRU, and nn.LSTM with proj_size, an fp16 input or packed input, to
+    their own code, where only the linears are cast: they then run any mix of weight, input and
+    state dtypes (a bf16 input from an autocast Linear into an fp32 layer), and the state comes out
+    in promote_types(last state's dtype, autocast dtype) (rnn_base.autocast_dtype). For every mix
+    nn runs, ours gives the same result and gradient dtypes, and values within bf16's tolerance of
     float64 or no worse than nn's own."""
-    nn_class, kwargs = CPU_AUTOCAST_LAYERS[layer]
+    nn_class, kwargs, packed = CPU_AUTOCAST_LAYERS[layer]
     torch.manual_seed(0)
     ref64 = nn_class(3, 6, dtype=torch.float64, **kwargs)
     ours = getattr(lstm_triton, nn_class.__name__)(3, 6, fusion="step", backend="triton", **kwargs)
@@ -156,22 +167,21 @@ def test_cpu_autocast_takes_every_dtype_mix_nn_takes(layer):
     sizes = [ref64.get_expected_hidden_size(x32, None)] + (
         [ref64.get_expected_cell_size(x32, None)] if nn_class is nn.LSTM else [])
     s32 = [torch.randn(size, generator=gen) for size in sizes]
+    mixes = [m for m in CPU_AUTOCAST_MIXES if not packed or m[1] == torch.float32]
     compared = 0
-    for amp_dtype, wd, xd, sd in CPU_AUTOCAST_MIXES:
+    for amp_dtype, wd, xd, sd in mixes:
         mix = f"autocast {amp_dtype}, weights {wd}, input {xd}, states {sd}"
         x, states = x32.to(xd), None if sd is None else tuple(s.to(sd) for s in s32)
         try:
-            want, want_grads = _forward_backward(copy.deepcopy(ref64).to(wd), x, states, amp_dtype)
-        except RuntimeError:  # nn's oneDNN LSTM has no kernel for this mix
+            want, want_grads = _forward_backward(copy.deepcopy(ref64).to(wd), x, states, amp_dtype, packed)
+        except RuntimeError:  # nn has no kernel for this mix (oneDNN's fp16 LSTM, packed fp16 casts)
             continue
-        got, got_grads = _forward_backward(copy.deepcopy(ours).to(wd), x, states, amp_dtype)
+        got, got_grads = _forward_backward(copy.deepcopy(ours).to(wd), x, states, amp_dtype, packed)
         assert [t.dtype for t in got] == [t.dtype for t in want] and got_grads == want_grads, mix
         with torch.no_grad():  # the exact result of the same (rounded) numbers
-            exact = copy.deepcopy(ref64).to(wd).double()(
-                x.double(), None if states is None else tuple(s.double() for s in states)
-                if len(states) == 2 else states[0].double())
-        exact = (exact[0], *exact[1]) if isinstance(exact[1], tuple) else exact
+            exact = _call(copy.deepcopy(ref64).to(wd).double(), x.double(),
+                          None if states is None else tuple(s.double() for s in states), packed)
         errors = [(rel_err(a, e), rel_err(n, e)) for a, n, e in zip(got, want, exact)]
         assert all(e <= TOL or e <= nn_e for e, nn_e in errors), f"{mix}: {errors}"
         compared += 1
-    assert compared >= 26, compared
+    assert compared >= len(mixes) - 8, compared

@@ -5,6 +5,8 @@ input with ``lengths`` (module and functional): output, h_n, c_n and every gradi
 relative, outputs NaN-poisoned before the kernels write them.
 """
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -227,3 +229,23 @@ def test_packed_input_on_the_persistent_level_with_several_programs(seed, caplog
         programs = [launch.programs for launch in harness.launches]
         assert len(programs) == 2 and min(programs) >= 3, programs  # forward and backward, ≥ 3 programs each
     _assert_close(errors)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
+def test_packed_input_of_another_dtype_is_nn_s_value_error(cell):
+    """Packed data (2-D) in another dtype than the weights, autocast off: nn's dtype ValueError for
+    dense input (under autocast any mix runs: test_autocast's packed cases). nn.GRU/RNN raise it
+    for packed input too; nn.LSTM's packed path skips the check and fails later in ATen
+    ("mat1 and mat2 must have the same dtype"), where ours keeps the clearer message."""
+    from .helpers import CELLS
+
+    ref_class, name, extra = CELLS[cell]
+    ref, ours = ref_class(3, 5, **extra), getattr(lstm_triton, name)(3, 5, backend="triton", **extra).to(DEVICE)
+    x = torch.randn(4, 2, 3).bfloat16()
+    with pytest.raises(ValueError) as nn_dense:
+        ref(x)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(nn_dense.value))}$"):
+        ours(pack_padded_sequence(x, [4, 2]).to(DEVICE))
+    if cell != "LSTM":
+        with pytest.raises(ValueError, match=f"^{re.escape(str(nn_dense.value))}$"):
+            ref(pack_padded_sequence(x, [4, 2]))

@@ -54,19 +54,21 @@ def _check_dtypes(x: torch.Tensor, states: dict, weights: dict) -> None:
             raise RuntimeError(f"parameter {name} dtype ({w.dtype}) does not match input dtype ({x.dtype})")
 
 
-def _cpu_autocast_leaves_alone(x: torch.Tensor, mode: str, proj: bool) -> bool:
+def _cpu_autocast_leaves_alone(x: torch.Tensor, mode: str, proj: bool, packed: bool) -> bool:
     """Where CPU autocast does not cast nn's recurrence as a whole (measured, torch 2.13): GRU (not
-    on ATen's CPU autocast list), and the LSTM with ``proj_size`` or an fp16 input (ATen's generic
-    LSTM code then runs). nn's own code runs instead, with autocast casting its linears' operands."""
-    return mode == "GRU" or (mode == "LSTM" and (proj or x.dtype == torch.float16))
+    on ATen's CPU autocast list), and the LSTM with ``proj_size``, an fp16 input or packed input
+    (where ATen's generic LSTM code runs, not oneDNN's). nn's own code runs instead, with autocast
+    casting its linears' operands. ``lengths`` counts as packed: it is nn's packed path padded."""
+    return mode == "GRU" or (mode == "LSTM" and (proj or packed or x.dtype == torch.float16))
 
 
 def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", state_dtype: torch.dtype | None = None,
-                   proj: bool = False) -> torch.dtype | None:
+                   proj: bool = False, packed: bool = False) -> torch.dtype | None:
     """The dtype autocast gives the recurrent state of the nn class ``mode`` (nn.RNNBase.mode) on
     ``x``'s device, so the dtype every input, state and weight is cast to; None when autocast is off
     there. ``state_dtype``: the dtype of the last given state (GRU/RNN: hx; LSTM: c0), None when
-    the states are nn's zeros (in x's dtype); ``proj``: an LSTM with ``proj_size > 0``.
+    the states are nn's zeros (in x's dtype); ``proj``: an LSTM with ``proj_size > 0``; ``packed``:
+    PackedSequence input or ``lengths``.
 
     CPU: the autocast dtype, except where autocast leaves nn's layer alone
     (:func:`_cpu_autocast_leaves_alone`): there autocast casts the linears' operands and the
@@ -76,9 +78,9 @@ def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", state_dtype: torch.dtype
     projection's linear, in the autocast dtype: :func:`autocast_projection_dtype`.) Measured over
     every mix of fp32/bf16/fp16 weights, input and states under bf16/fp16 autocast, torch 2.13: 144
     GRU mixes (1 and 2 bidirectional layers), 270 LSTM mixes with h0 and c0 of their own dtypes,
-    with and without proj_size. Ours casts everything to that dtype (so its GEMMs run in fp32 where
-    nn's run in the autocast dtype); None where it is float64 (no casts: all-float64 runs as it is;
-    nn fails on a mix with float64 too).
+    with and without proj_size, and the packed LSTM, GRU and RNN. Ours casts everything to that
+    dtype (so its GEMMs run in fp32 where nn's run in the autocast dtype); None where it is float64
+    (no casts: all-float64 runs as it is; nn fails on a mix with float64 too).
 
     CUDA: nn's RNNs run cuDNN, whose autocast rule (ATen's ``_cudnn_rnn_cast_reflatten``) casts to
     float16 whatever the autocast dtype, bf16 included.
@@ -86,7 +88,7 @@ def autocast_dtype(x: torch.Tensor, mode: str = "LSTM", state_dtype: torch.dtype
     kind = x.device.type
     if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
         return None
-    if kind == "cpu" and _cpu_autocast_leaves_alone(x, mode, proj):
+    if kind == "cpu" and _cpu_autocast_leaves_alone(x, mode, proj, packed):
         promoted = torch.promote_types(state_dtype or x.dtype, torch.get_autocast_dtype(kind))
         return None if promoted == torch.float64 else promoted
     if kind == "cuda" and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
@@ -144,7 +146,8 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
         _check_state(name, filled[name], input, shape)
     if input.shape[0] == 0:
         raise RuntimeError(EMPTY_SEQUENCE)
-    ac = autocast_dtype(input, mode, list(filled.values())[-1].dtype, weights.get("weight_hr") is not None)
+    ac = autocast_dtype(input, mode, list(filled.values())[-1].dtype, weights.get("weight_hr") is not None,
+                        lengths is not None)
     input = autocast_cast(input, ac)
     filled = {k: autocast_cast(t, ac) for k, t in filled.items()}
     weights = {k: autocast_cast(w, ac) for k, w in weights.items()}
@@ -189,12 +192,14 @@ class FusedRNNMixin:
         # set at construction, but a plain attribute: a later `layer.fusion = ...` is checked here,
         # not deep in the operator under the LSTM's name
         check_choice("fusion", self.fusion, FUSIONS)
-        if data.dtype != self.weight_ih_l0.dtype:
-            self.check_input(data, None)  # nn's own dtype error, before any backend talk
+        if data.dtype != self.weight_ih_l0.dtype and not torch._C._is_any_autocast_enabled():
+            # nn's own dtype ValueError, before any backend talk (under autocast nn allows any mix;
+            # its check_input would then only check the dimensions, which _triton_forward does)
+            self.check_input(data, input.batch_sizes if is_packed else None)
         _check_parameter_devices(data, self._flat_weights)
         last_state = hx if isinstance(hx, torch.Tensor) or hx is None else hx[-1]  # GRU/RNN: h0; LSTM: c0
         ac = autocast_dtype(data, self.mode, None if last_state is None else last_state.dtype,
-                            getattr(self, "proj_size", 0) > 0)
+                            getattr(self, "proj_size", 0) > 0, is_packed or lengths is not None)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
         if lengths is not None:
