@@ -185,3 +185,28 @@ def test_cpu_autocast_takes_every_dtype_mix_nn_takes(layer):
         assert all(e <= TOL or e <= nn_e for e, nn_e in errors), f"{mix}: {errors}"
         compared += 1
     assert compared >= len(mixes) - 8, compared
+
+
+@pytest.mark.skipif(KIND != "cpu", reason="CPU autocast rules")
+@pytest.mark.parametrize("layer", ["LSTM", "LSTM-proj", "GRU", "RNN"])
+def test_cpu_autocast_with_lengths_agrees_across_backends(layer):
+    """``lengths`` under autocast, a row of length 0 included: backend='torch' (nn's packed path,
+    the 0-length row's state as given) and the kernels give the same dtypes, and values within
+    bf16's tolerance of float64 (or no worse than torch's)."""
+    nn_class, kwargs, _ = CPU_AUTOCAST_LAYERS[layer]
+    torch.manual_seed(0)
+    name = nn_class.__name__
+    exact_layer = getattr(lstm_triton, name)(3, 6, backend="torch", dtype=torch.float64, **kwargs)
+    x = torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for backend in ("torch", "triton"):
+        layer_ = getattr(lstm_triton, name)(3, 6, backend=backend, fusion="step", **kwargs)
+        layer_.load_state_dict(exact_layer.state_dict())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, final = layer_(x, lengths=[5, 2, 0])
+        results[backend] = (y, *final) if isinstance(final, tuple) else (y, final)
+    y, final = exact_layer(x.double(), lengths=[5, 2, 0])
+    exact = (y, *final) if isinstance(final, tuple) else (y, final)
+    assert [t.dtype for t in results["triton"]] == [t.dtype for t in results["torch"]]
+    errors = [(rel_err(a, e), rel_err(t, e)) for a, t, e in zip(results["triton"], results["torch"], exact)]
+    assert all(e <= TOL or e <= t_e for e, t_e in errors), errors

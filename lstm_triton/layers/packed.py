@@ -128,12 +128,13 @@ def repack(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) ->
 
 
 def _zero_length_rows(lengths: torch.Tensor, y: torch.Tensor, states, initial, batch_dim: int):
-    """Rows of length 0 (which packing cannot express): output 0, states as given."""
+    """Rows of length 0 (which packing cannot express): output 0, states as given, in the dtype nn
+    gave the other rows' (under autocast the given states can be of another)."""
     empty = lengths == 0
     shape = [1] * y.dim()
     shape[batch_dim] = -1
     y = torch.where(empty.view(shape), torch.zeros((), dtype=y.dtype, device=y.device), y)
-    states = tuple(torch.where(empty.view(1, -1, 1), s0, s) for s, s0 in zip(states, initial))
+    states = tuple(torch.where(empty.view(1, -1, 1), s0.to(s.dtype), s) for s, s0 in zip(states, initial))
     return y, states
 
 
