@@ -60,7 +60,10 @@ def _functional(mode: str, input, weight_ih, weight_hh, bias_ih, bias_hh, hx, le
         raise ValueError(f"{name}: expected input of shape (T, B, I), got {input.dim()}D")
     T, B, I = input.shape
     G = GATES[mode]
-    H = weight_hh.shape[1] if weight_hh.dim() == 2 else -1
+    if weight_ih.dim() != 2 or weight_hh.dim() != 2:
+        raise RuntimeError(f"{name}: weight_ih and weight_hh must be 2-D, got {weight_ih.dim()}-D and "
+                           f"{weight_hh.dim()}-D")
+    H = weight_hh.shape[1]
     if weight_ih.shape != (G * H, I) or weight_hh.shape != (G * H, H):
         raise RuntimeError(f"{name}: weight_ih must be ({G}H, I) = {(G * H, I)} and weight_hh ({G}H, H) = "
                            f"{(G * H, H)}, got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}")

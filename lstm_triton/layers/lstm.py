@@ -111,9 +111,12 @@ def lstm(
     if input.dim() != 3:
         raise ValueError(f"lstm: expected input of shape (T, B, I), got {input.dim()}D")
     T, B, I = input.shape
+    if weight_ih.dim() != 2 or weight_hh.dim() != 2:
+        raise RuntimeError(f"lstm: weight_ih and weight_hh must be 2-D, got {weight_ih.dim()}-D and "
+                           f"{weight_hh.dim()}-D")
     if weight_hr is not None and weight_hr.dim() != 2:
         raise RuntimeError(f"lstm: weight_hr must be (P, H), got {tuple(weight_hr.shape)}")
-    P = (weight_hh.shape[1] if weight_hh.dim() == 2 else -1) if weight_hr is None else weight_hr.shape[0]
+    P = weight_hh.shape[1] if weight_hr is None else weight_hr.shape[0]
     H = P if weight_hr is None else weight_hr.shape[1]
     if weight_ih.shape != (4 * H, I) or weight_hh.shape != (4 * H, P):
         raise RuntimeError(

@@ -162,6 +162,9 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     return input, tuple(filled.values()), weights, chosen, lengths, ac is not None
 
 
+GATE_BLOCKS = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # gate rows of W_ih / W_hh, in units of H
+
+
 class FusedRNNMixin:
     """The forward of ``lstm_triton.LSTM``/``GRU``/``RNN`` in front of nn.LSTM/GRU/RNN (the MRO gives
     ``super()`` the nn class). Extra keyword arguments ``fusion`` and ``backend``; ``forward``
@@ -227,8 +230,40 @@ class FusedRNNMixin:
             return packed.repack(output, lengths, input), states
         return self._triton_forward(input, hx, ac, lengths)
 
+    def _expected_weight_shapes(self) -> dict[str, tuple]:
+        """nn's parameter names and shapes for the module's current settings (nn.RNNBase.__init__)."""
+        H = self.hidden_size
+        P = getattr(self, "proj_size", 0) or H
+        rows = GATE_BLOCKS[self.mode] * H
+        directions = 2 if self.bidirectional else 1
+        shapes = {}
+        for layer in range(self.num_layers):
+            columns = self.input_size if layer == 0 else P * directions
+            for d in range(directions):
+                sfx = f"_l{layer}{'_reverse' if d else ''}"
+                shapes[f"weight_ih{sfx}"], shapes[f"weight_hh{sfx}"] = (rows, columns), (rows, P)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = shapes[f"bias_hh{sfx}"] = (rows,)
+                if P != H:
+                    shapes[f"weight_hr{sfx}"] = (P, H)
+        return shapes
+
+    def _check_weight_shapes(self) -> None:
+        """Every parameter the kernels will read, present and of nn's shape: a kernel reads as many
+        elements as the shape says from the pointer, so a wrong one must never reach it. RuntimeError
+        (nn's type for these) naming the parameter."""
+        for name, shape in self._expected_weight_shapes().items():
+            w = getattr(self, name, None)
+            if w is None:
+                raise RuntimeError(
+                    f"{name} is missing: the module has num_layers={self.num_layers}, bidirectional="
+                    f"{self.bidirectional}, bias={self.bias} but was built with other settings; build a new one")
+            if tuple(w.shape) != shape:
+                raise RuntimeError(f"{name} must have shape {shape}, got {tuple(w.shape)}")
+
     def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None):
         # Argument checks mirror nn's forward, so errors have the same types and messages.
+        self._check_weight_shapes()
         if input.dim() not in (2, 3):
             raise ValueError(self._INPUT_DIM_ERROR.format(name=self.mode.split("_")[0], dim=input.dim()))
         batched = input.dim() == 3
