@@ -18,14 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels.cell_math import CELL_IDS, GATES
 from . import rnn_ops  # noqa: F401  (registers torch.ops.lstm_triton.rnn_recurrence*)
 from .autograd import input_projection
 from .backend import BACKENDS, FUSIONS, check_choice
 from .packed import active_steps, last_hidden, mask_padded_steps, torch_layer, zero_padding
 from .rnn_autograd import RnnRecurrence
 from .rnn_base import FusedRNNMixin, _no_autocast, prepare_functional
-
-GATES = {"GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def run_rnn_layer(mode: str, fusion: str, x, h0, w_ih, w_hh, b_ih, b_hh, backend: str, lengths=None):
@@ -59,7 +58,7 @@ def _functional(mode: str, input, weight_ih, weight_hh, bias_ih, bias_hh, hx, le
     if input.dim() != 3:
         raise ValueError(f"{name}: expected input of shape (T, B, I), got {input.dim()}D")
     T, B, I = input.shape
-    G = GATES[mode]
+    G = GATES[CELL_IDS[mode]]
     if weight_ih.dim() != 2 or weight_hh.dim() != 2:
         raise RuntimeError(f"{name}: weight_ih and weight_hh must be 2-D, got {weight_ih.dim()}-D and "
                            f"{weight_hh.dim()}-D")

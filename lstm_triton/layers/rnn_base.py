@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
+from ..kernels.cell_math import CELL_IDS, GATES
 from . import packed
 from .backend import BACKENDS, FUSIONS, check_choice, choose_backend
 
@@ -162,9 +163,6 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     return input, tuple(filled.values()), weights, chosen, lengths, ac is not None
 
 
-GATE_BLOCKS = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}  # gate rows of W_ih / W_hh, in units of H
-
-
 class FusedRNNMixin:
     """The forward of ``lstm_triton.LSTM``/``GRU``/``RNN`` in front of nn.LSTM/GRU/RNN (the MRO gives
     ``super()`` the nn class). Extra keyword arguments ``fusion`` and ``backend``; ``forward``
@@ -202,7 +200,7 @@ class FusedRNNMixin:
         _check_parameter_devices(data, self._flat_weights)
         last_state = hx if isinstance(hx, torch.Tensor) or hx is None else hx[-1]  # GRU/RNN: h0; LSTM: c0
         ac = autocast_dtype(data, self.mode, None if last_state is None else last_state.dtype,
-                            getattr(self, "proj_size", 0) > 0, is_packed or lengths is not None)
+                            self.proj_size > 0, is_packed or lengths is not None)
         dtype = data.dtype if ac is None or data.dtype == torch.float64 else ac
         backend = choose_backend(self.backend, data.device, dtype)
         if lengths is not None:
@@ -233,8 +231,8 @@ class FusedRNNMixin:
     def _expected_weight_shapes(self) -> dict[str, tuple]:
         """nn's parameter names and shapes for the module's current settings (nn.RNNBase.__init__)."""
         H = self.hidden_size
-        P = getattr(self, "proj_size", 0) or H
-        rows = GATE_BLOCKS[self.mode] * H
+        P = self.proj_size or H
+        rows = GATES[CELL_IDS[self.mode]] * H
         directions = 2 if self.bidirectional else 1
         shapes = {}
         for layer in range(self.num_layers):
@@ -293,7 +291,7 @@ class FusedRNNMixin:
         with _no_autocast(input, ac is not None):
             output, finals = self._layers(input.transpose(0, 1) if batch_first else input, states, weights, lengths)
         output = output.transpose(0, 1) if batch_first else output
-        projected = autocast_projection_dtype(input, self.mode, getattr(self, "proj_size", 0) > 0)
+        projected = autocast_projection_dtype(input, self.mode, self.proj_size > 0)
         if projected is not None and ac is not None:  # nn.LSTM's projection under CPU autocast
             output, finals = output.to(projected), (finals[0].to(projected), *finals[1:])
         if not batched:
