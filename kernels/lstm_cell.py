@@ -18,6 +18,7 @@ import triton.language as tl
 from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
+from .device import on_tensor_device
 from .launch_config import pointwise_config
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
@@ -109,6 +110,7 @@ def cell_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+@on_tensor_device
 def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.Tensor,
                   b_hh: torch.Tensor | None, cell: int):
     """The time loop of every cell type: ``xp (T,B,G·H) fp32``, ``h0 (B,H)``, ``s0 (B,H)`` the first
@@ -137,6 +139,7 @@ def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: to
     return y, s_all, acts
 
 
+@on_tensor_device
 def _backward_loop(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, s_all: torch.Tensor,
                    acts: torch.Tensor, cell: int):
     """Reverse loop of :func:`_forward_loop`; ``ds_n (B,H) fp32`` seeds the carried fp32 state grad
@@ -198,6 +201,7 @@ def rnn_cell_backward(dy: torch.Tensor, w_hh: torch.Tensor, h_all: torch.Tensor,
 # compute the cell; torch's GEMMs add the projection per step (forward) and its transpose (backward).
 
 
+@on_tensor_device
 def cell_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                            w_hr: torch.Tensor):
     """``xp (T,B,4H) fp32``, ``h0 (B,P)``, ``c0 (B,H)``, ``w_hh (4H,P) dt``, ``w_hr (P,H) dt``.
@@ -225,6 +229,7 @@ def cell_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
     return y, c_all, acts
 
 
+@on_tensor_device
 def cell_backward_projected(dy: torch.Tensor, dc_n: torch.Tensor, w_hh: torch.Tensor, w_hr: torch.Tensor,
                             c_all: torch.Tensor, acts: torch.Tensor):
     """Reverse loop of :func:`cell_forward_projected`. ``dy (T,B,P) fp32`` already holds dL/dh_n in

@@ -43,6 +43,7 @@ import triton.language as tl
 from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
+from .device import on_tensor_device
 from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config, persistent_grid
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
@@ -325,6 +326,7 @@ def _check_barrier(flag: torch.Tensor) -> None:
     torch._assert_async(flag == 0, "lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
 
 
+@on_tensor_device
 def _forward(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
              cell: int):
     """One launch for all T steps of any cell type: ``xp (T,B,G·H) fp32``, ``h0 (B,H)``, ``s0 (B,H)``
@@ -347,6 +349,7 @@ def _forward(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.T
     return hbuf[1:], c_all, acts
 
 
+@on_tensor_device
 def _backward(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor, acts: torch.Tensor,
               cell: int):
     """Reverse of :func:`_forward`, one launch; ``ds_n (B,H) fp32`` seeds the carried fp32 state grad

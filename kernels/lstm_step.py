@@ -22,6 +22,7 @@ import triton.language as tl
 from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
+from .device import on_tensor_device
 from .launch_config import dot_precision, step_config
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
@@ -174,6 +175,7 @@ def _grid_and_meta(B: int, H: int, dtype: torch.dtype):
     return grid, meta
 
 
+@on_tensor_device
 def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.Tensor,
                   b_hh: torch.Tensor | None, cell: int):
     """As ``lstm_cell._forward_loop``, one launch per step; ``b_hh`` (G·H,) for GRU / RNN (None: zeros)."""
@@ -195,6 +197,7 @@ def _forward_loop(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: to
     return y, c_all, acts
 
 
+@on_tensor_device
 def step_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
                            w_hr: torch.Tensor):
     """nn.LSTM's projection (proj_size P): the fused step kernel reduces over P (``w_hh (4H,P)``,
@@ -220,6 +223,7 @@ def step_forward_projected(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
     return y, c_all, acts
 
 
+@on_tensor_device
 def _backward_loop(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, c_all: torch.Tensor,
                    acts: torch.Tensor, cell: int):
     """As ``lstm_cell._backward_loop``: ``(dG (T,B,W) dt, dh_rec (B,H) dt, ds (B,H) fp32)``."""
