@@ -34,6 +34,7 @@ recurrent side [dr, dz, dn⊙r] of its (·, 6H) gradient rows.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -46,31 +47,39 @@ from .cell_math import GATES, GRU, LSTM, SAVED
 from .device import on_tensor_device
 from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config, persistent_grid
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
+from .lstm_step import _backward_loop as step_backward_loop
+from .lstm_step import _forward_loop as step_forward_loop
+from .lstm_step import rescue_backward, rescue_forward
 
+log = logging.getLogger("lstm_triton")
 CHECK_BARRIER_ON_HOST = os.environ.get("LSTM_TRITON_CHECK_BARRIER", "") not in ("", "0")
 
 # ----------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def grid_barrier(counter_ptr, target, flag_ptr, budget):
-    """Arrive at the counter and wait until ``target`` arrivals; returns the spin budget left.
+def grid_barrier(counter_ptr, target, flag_ptr, waiting, MAX_SPINS: tl.constexpr):
+    """Arrive at the counter and wait until ``target`` arrivals, polling at most ``MAX_SPINS`` times;
+    returns ``waiting`` for the next barrier (int32: 1, or 0 once this program has timed out).
 
-    One budget serves the whole kernel: once it is spent the flag is set and no later barrier
-    waits, so a program that never becomes resident costs seconds, not T × seconds. (Triton
-    executes these scalar atomics on one thread and broadcasts the result; the bar.syncs around
-    them order the other threads' stores and loads, as cooperative groups' grid.sync does.)
+    Every barrier has its own budget, so a long sequence does not shrink it. A program whose budget
+    runs out sets the flag and waits at no later barrier: its results no longer count (the rescue
+    kernel launched after this one recomputes the sequence at the step level, lstm_step.py), and a
+    program that never becomes resident costs one budget, not T. (Triton executes these scalar
+    atomics on one thread and broadcasts the result; the bar.syncs around them order the other
+    threads' stores and loads, as cooperative groups' grid.sync does.)
     """
     tl.debug_barrier()  # all threads of this program have issued their stores for this step
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while (arrived < target) & (budget > 0):
+    spins = waiting * MAX_SPINS
+    while (arrived < target) & (spins > 0):
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        budget -= 1
-    if arrived < target:
+        spins -= 1
+    if (arrived < target) & (waiting != 0):
         tl.store(flag_ptr, 1)
     tl.debug_barrier()
-    return budget
+    return tl.where(arrived < target, 0, waiting)
 
 
 @triton.jit
@@ -146,7 +155,7 @@ def persistent_forward_kernel(
     c = tl.load(c_all_ptr + state, mask=mask, other=0.0)
     counter_ptr += tl.program_id(1)  # this batch tile's counter
     n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
-    budget = tl.full([], MAX_SPINS, tl.int32)
+    waiting = tl.full([], 1, tl.int32)  # 0 once this program has timed out at a barrier
     # Loop-carried base pointers advance by one step (64-bit pointer arithmetic, no overflow).
     xp_t, h_prev, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr
     for t in range(T):
@@ -188,7 +197,7 @@ def persistent_forward_kernel(
             store_gate_blocks(act_t, saved, H, r, z, n, hn, mask)
         xp_t += NG * B * H
         act_t += NS * B * H
-        budget = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, budget)
+        waiting = grid_barrier(counter_ptr, (t + 1) * n_programs, flag_ptr, waiting, MAX_SPINS)
 
 
 @triton.jit
@@ -250,7 +259,7 @@ def persistent_backward_kernel(
     out_ty = dg_last_ptr.dtype.element_ty
     counter_ptr += tl.program_id(1)  # this batch tile's counter
     n_programs = tl.num_programs(0)  # programs that meet at it: the tile's hidden slices
-    budget = tl.full([], MAX_SPINS, tl.int32)
+    waiting = tl.full([], 1, tl.int32)  # 0 once this program has timed out at a barrier
     dg_next, dy_t, act_t, c_t = dg_last_ptr, dy_last_ptr, act_last_ptr, c_last_ptr
     for step in range(T):
         # dh = dy_t + dG_{t+1} @ W_hh[:, units]: chunk partial sums, added across warps by tl.sum
@@ -285,7 +294,7 @@ def persistent_backward_kernel(
         dy_t -= B * H
         act_t -= NS * B * H
         c_t -= B * H
-        budget = grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, budget)
+        waiting = grid_barrier(counter_ptr, (step + 1) * n_programs, flag_ptr, waiting, MAX_SPINS)
     tl.store(dc_ptr + state, dc, mask=mask)
 
 
@@ -314,16 +323,50 @@ def _sync_buffers(grid: tuple[int, int], device: torch.device) -> tuple[torch.Te
     return sync[:grid[1]], sync[grid[1]:]
 
 
-def _check_barrier(flag: torch.Tensor) -> None:
-    """A timed-out barrier means garbage results: never let it pass silently.
+# Per device, the smallest grid (programs) the driver refused to launch cooperatively: larger
+# grids go straight to the step level instead of failing again.
+_refused_programs: dict[torch.device, int] = {}
+# Barrier timeouts seen by the host check (LSTM_TRITON_CHECK_BARRIER=1), for tests and the GPU check.
+barrier_timeouts = 0
 
-    With LSTM_TRITON_CHECK_BARRIER=1 the host waits and raises RuntimeError (the GPU check does
-    this); otherwise a device-side assert fires asynchronously, without a host sync per call."""
-    if CHECK_BARRIER_ON_HOST:
-        if int(flag.item()) != 0:
-            raise RuntimeError("lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
-        return
-    torch._assert_async(flag == 0, "lstm_triton persistent kernel: grid barrier timed out (programs not co-resident)")
+
+def _is_cooperative_refusal(err: Exception) -> bool:
+    """The driver's CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, as Triton's launcher reports it: the
+    grid cannot be co-resident on this device (fewer SMs free than it has, e.g. under MPS or a
+    green context, or a smaller GPU than the configuration assumed)."""
+    text = str(err).lower()
+    return "cooperative launch" in text or "cooperative_launch_too_large" in text
+
+
+def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> bool:
+    """Launch a persistent kernel; False (and a logged reason) when the driver refuses the grid."""
+    device = args[0].device
+    programs = grid[0] * grid[1]
+    if programs >= _refused_programs.get(device, programs + 1):
+        log.debug("persistent level: %d programs on %s were refused before; running the step level", programs,
+                  device)
+        return False
+    try:
+        kernel[grid](*args, **meta)
+    except RuntimeError as err:
+        if not _is_cooperative_refusal(err):
+            raise
+        _refused_programs[device] = min(programs, _refused_programs.get(device, programs))
+        log.warning("persistent level: the driver refused a cooperative launch of %d programs on %s (%s); "
+                    "this call and larger grids run the step level", programs, device, err)
+        return False
+    return True
+
+
+def _check_barrier(flag: torch.Tensor) -> None:
+    """With LSTM_TRITON_CHECK_BARRIER=1, read the timeout flag (a host synchronisation) and log a
+    timeout; the results are right either way (the rescue kernel recomputed them). Off by default:
+    no host read per call, so the layer can be captured in a CUDA graph."""
+    global barrier_timeouts
+    if CHECK_BARRIER_ON_HOST and int(flag.item()) != 0:
+        barrier_timeouts += 1
+        log.warning("persistent level: a grid barrier timed out (programs not co-resident); the call was "
+                    "recomputed at the step level")
 
 
 @on_tensor_device
@@ -331,7 +374,9 @@ def _forward(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.T
              cell: int):
     """One launch for all T steps of any cell type: ``xp (T,B,G·H) fp32``, ``h0 (B,H)``, ``s0 (B,H)``
     the first fp32 state (LSTM: c0; GRU, RNN: h0), ``w_hh (G·H,H) dt``, ``b_hh (G·H,)`` (GRU, RNN; None:
-    zeros). Returns ``y (T,B,H) dt`` (a view of h_0..h_T), ``s_all (T+1,B,H) fp32``, ``acts (T,B,S·H) fp32``."""
+    zeros). Returns ``y (T,B,H) dt`` (a view of h_0..h_T), ``s_all (T+1,B,H) fp32``, ``acts (T,B,S·H) fp32``.
+    A launch the driver refuses runs the step level instead; a barrier timeout is repaired on the
+    device by :func:`lstm_step.rescue_forward`."""
     T, B, GH = xp.shape
     H, dt, dev = GH // GATES[cell], w_hh.dtype, xp.device
     grid, meta = _launch_meta(B, H, dt, dev, cell)
@@ -343,9 +388,12 @@ def _forward(xp: torch.Tensor, h0: torch.Tensor, s0: torch.Tensor, w_hh: torch.T
     if cell != LSTM:
         meta["b_ptr"] = torch.zeros(GH, device=dev) if b_hh is None else b_hh.float().contiguous()
     counters, flag = _sync_buffers(grid, dev)
-    persistent_forward_kernel[grid](xp.contiguous(), w_hh.contiguous(), hbuf, c_all, acts if SAVED[cell] else c_all,
-                                    counters, flag, T, B, H, **meta)
-    _check_barrier(flag[0])
+    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    act_arg = acts if SAVED[cell] else c_all
+    if not _launch(persistent_forward_kernel, grid, (xp, w_hh, hbuf, c_all, act_arg, counters, flag, T, B, H), meta):
+        return step_forward_loop(xp, h0, s0, w_hh, b_hh, cell)
+    rescue_forward(flag, xp, hbuf, w_hh, c_all, acts, meta.get("b_ptr"), cell)
+    _check_barrier(flag)
     return hbuf[1:], c_all, acts
 
 
@@ -354,20 +402,24 @@ def _backward(dy: torch.Tensor, ds_n: torch.Tensor, w_hh: torch.Tensor, c_all: t
               cell: int):
     """Reverse of :func:`_forward`, one launch; ``ds_n (B,H) fp32`` seeds the carried fp32 state grad
     (LSTM: dc; GRU: the direct z ⊙ dh part of dh; RNN: unused). Returns ``dG (T,B,W) dt`` (W = G·H,
-    GRU 6H: input then recurrent side), ``dh_rec (B,H) dt`` = recurrent side of step 0 @ W_hh, ``ds``."""
+    GRU 6H: input then recurrent side), ``dh_rec (B,H) dt`` = recurrent side of step 0 @ W_hh, ``ds``.
+    Refusals and timeouts as in :func:`_forward`."""
     T, B, H = dy.shape
     dt, dev, GH = w_hh.dtype, dy.device, GATES[cell] * H
     width = 2 * GH if cell == GRU else GH
     grid, meta = _launch_meta(B, H, dt, dev, cell)
     dG = new_buffer((T + 1, B, width), dt, dev)
     dG[T].zero_()
-    dc = ds_n.float().contiguous().clone()  # carried in and out: must be our own contiguous buffer
+    dc_in = ds_n.float().contiguous()
+    dc = dc_in.clone()  # carried in and out: must be our own contiguous buffer
     counters, flag = _sync_buffers(grid, dev)
     w_hh = w_hh.contiguous()
     dy = dy.contiguous()
-    persistent_backward_kernel[grid](dy[T - 1], acts[T - 1] if SAVED[cell] else dy[T - 1], c_all[T], dG[T], w_hh, dc,
-                                     counters, flag, T, B, H, **meta)
-    _check_barrier(flag[0])
+    args = (dy[T - 1], acts[T - 1] if SAVED[cell] else dy[T - 1], c_all[T], dG[T], w_hh, dc, counters, flag, T, B, H)
+    if not _launch(persistent_backward_kernel, grid, args, meta):
+        return step_backward_loop(dy, ds_n, w_hh, c_all, acts, cell)
+    rescue_backward(flag, dy, acts, c_all, dG, w_hh, dc, dc_in, cell)
+    _check_barrier(flag)
     dh0 = torch.mm(dG[0] if width == GH else dG[0, :, GH:], w_hh)
     return dG[:T], dh0, dc
 

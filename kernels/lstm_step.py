@@ -43,8 +43,17 @@ def step_forward_kernel(
     b_ptr=None,  # (G·H,) fp32 b_hh: GRU, RNN
     CELL: tl.constexpr = 0,
 ):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    step_forward_tile(xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr, y_ptr, c_ptr, act_ptr, B, H, K,
+                      tl.program_id(0), tl.program_id(1), BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, b_ptr, CELL)
+
+
+@triton.jit
+def step_forward_tile(xp_ptr, h_prev_ptr, w_ptr, c_prev_ptr, y_ptr, c_ptr, act_ptr, B, H, K, pid_b, pid_h,
+                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                      b_ptr, CELL: tl.constexpr):
+    """One step's (batch tile ``pid_b`` × hidden slice ``pid_h``) of :func:`step_forward_kernel`."""
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows < B
     unit_ok = units < H
@@ -114,10 +123,19 @@ def step_backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     CELL: tl.constexpr = 0,
 ):
+    step_backward_tile(dg_next_ptr, w_ptr, dy_ptr, dc_ptr, act_ptr, c_ptr, c_prev_ptr, dg_ptr, B, H,
+                       tl.program_id(0), tl.program_id(1), BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, CELL)
+
+
+@triton.jit
+def step_backward_tile(dg_next_ptr, w_ptr, dy_ptr, dc_ptr, act_ptr, c_ptr, c_prev_ptr, dg_ptr, B, H, pid_b, pid_h,
+                       BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                       CELL: tl.constexpr):
+    """One step's (batch tile ``pid_b`` × hidden slice ``pid_h``) of :func:`step_backward_kernel`."""
     NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)  # gates: rows of W_hh in units of H
     WIDTH: tl.constexpr = 6 if CELL == 1 else NG  # dG row length in units of H
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows < B
     unit_ok = units < H
@@ -162,6 +180,76 @@ def step_backward_kernel(
     else:
         dpre = cm.rnn_pointwise_backward(dh, tl.load(c_ptr + state, mask=mask, other=0.0), CELL == 3)
         tl.store(dg_ptr + state, dpre.to(out_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- the persistent level's rescue
+# The persistent level (lstm_persistent.py) needs every program of its grid resident at once. If a
+# grid barrier runs out of spins (some program never became resident), the launch sets a flag and
+# its results are garbage. The host cannot look at that flag without a synchronisation, so right
+# after every persistent launch, on the same stream, one of these kernels runs: it reads the flag
+# and exits at once when it is 0; otherwise one program per batch tile recomputes the whole
+# sequence at the step level — every hidden slice of a step, then a CTA barrier, then the next
+# step — which needs no other program, into the persistent launch's own buffers. The results are
+# then the step level's, with no host read and a healthy CUDA context.
+
+
+@triton.jit(do_not_specialize=["T"])
+def rescue_forward_kernel(
+    flag_ptr,  # int32: nonzero when the persistent forward launched before this one timed out
+    xp_ptr, hbuf_ptr, w_ptr, c_all_ptr, act_ptr,  # (T,B,G·H) fp32, (T+1,B,H) dt, (G·H,H) dt, (T+1,B,H) fp32, (T,B,S·H)
+    T, B, H,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    b_ptr=None,  # (G·H,) fp32 b_hh: GRU, RNN
+    CELL: tl.constexpr = 0,
+):
+    NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)  # gate blocks of xp per row
+    NS: tl.constexpr = 4 if CELL <= 1 else 0  # saved activations per row (cell_math.SAVED)
+    if tl.load(flag_ptr) != 0:
+        xp_t, h_t, c_t, act_t = xp_ptr, hbuf_ptr, c_all_ptr, act_ptr  # 64-bit pointers, advanced per step
+        for _t in range(T):
+            for pid_h in range(0, tl.cdiv(H, BLOCK_H)):
+                step_forward_tile(xp_t, h_t, w_ptr, c_t, h_t + B * H, c_t + B * H, act_t, B, H, H,
+                                  tl.program_id(0), pid_h, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, b_ptr, CELL)
+            tl.debug_barrier()  # every slice of h_t is written before step t+1 reads it
+            xp_t += NG * B * H
+            h_t += B * H
+            c_t += B * H
+            act_t += NS * B * H
+
+
+@triton.jit(do_not_specialize=["T"])
+def rescue_backward_kernel(
+    flag_ptr,  # int32: nonzero when the persistent backward launched before this one timed out
+    # the persistent backward's buffers, pointers to their LAST slot: dy[T-1] fp32, acts[T-1] fp32,
+    # c_all[T] fp32, dG[T] dt (= 0)
+    dy_last_ptr, act_last_ptr, c_last_ptr, dg_last_ptr,
+    w_ptr,  # (G·H,H) dt
+    dc_ptr, dc_in_ptr,  # (B,H) fp32: the carried state gradient (out), its value at T (in, untouched)
+    T, B, H,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    CELL: tl.constexpr = 0,
+):
+    NG: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    NS: tl.constexpr = 4 if CELL <= 1 else 0
+    WIDTH: tl.constexpr = 6 if CELL == 1 else NG  # dG row length in units of H
+    if tl.load(flag_ptr) != 0:
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        for pid_h in range(0, tl.cdiv(H, BLOCK_H)):  # restart from dL/dc_T: the failed launch changed dc
+            units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+            state = rows[:, None] * H + units[None, :]
+            mask = (rows < B)[:, None] & (units < H)[None, :]
+            tl.store(dc_ptr + state, tl.load(dc_in_ptr + state, mask=mask, other=0.0), mask=mask)
+        tl.debug_barrier()
+        dg_next, dy_t, act_t, c_t = dg_last_ptr, dy_last_ptr, act_last_ptr, c_last_ptr
+        for _step in range(T):
+            for pid_h in range(0, tl.cdiv(H, BLOCK_H)):
+                step_backward_tile(dg_next, w_ptr, dy_t, dc_ptr, act_t, c_t, c_t - B * H, dg_next - WIDTH * B * H,
+                                   B, H, tl.program_id(0), pid_h, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, CELL)
+            tl.debug_barrier()  # every slice of dG_t is written before step t-1 reads it
+            dg_next -= WIDTH * B * H
+            dy_t -= B * H
+            act_t -= NS * B * H
+            c_t -= B * H
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -265,3 +353,27 @@ def rnn_step_backward(dy: torch.Tensor, w_hh: torch.Tensor, h_all: torch.Tensor,
     T, B, H = dy.shape
     dG, dh_rec, direct = _backward_loop(dy, dy.new_zeros((B, H)), w_hh, h_all, acts, cell)
     return dG, dh_rec.float() + direct
+
+
+def rescue_forward(flag: torch.Tensor, xp: torch.Tensor, hbuf: torch.Tensor, w_hh: torch.Tensor,
+                   c_all: torch.Tensor, acts: torch.Tensor, b_hh: torch.Tensor | None, cell: int) -> None:
+    """After a persistent forward (same buffers, same stream): recompute them at the step level if
+    ``flag`` (int32, one element) is set; otherwise one tiny launch that reads it and exits."""
+    T, B, GH = xp.shape
+    H = GH // GATES[cell]
+    grid, meta = _grid_and_meta(B, H, w_hh.dtype)
+    if cell != LSTM:
+        meta.update(CELL=cell, b_ptr=b_hh)
+    rescue_forward_kernel[(grid[0],)](flag, xp, hbuf, w_hh, c_all, acts if SAVED[cell] else c_all, T, B, H, **meta)
+
+
+def rescue_backward(flag: torch.Tensor, dy: torch.Tensor, acts: torch.Tensor, c_all: torch.Tensor,
+                    dG: torch.Tensor, w_hh: torch.Tensor, dc: torch.Tensor, dc_in: torch.Tensor, cell: int) -> None:
+    """After a persistent backward: the same for its buffers (``dG (T+1,B,W)`` with ``dG[T] = 0``;
+    ``dc`` the carried gradient it wrote, ``dc_in`` its value before the launch)."""
+    T, B, H = dy.shape
+    grid, meta = _grid_and_meta(B, H, w_hh.dtype)
+    if cell != LSTM:
+        meta["CELL"] = cell
+    rescue_backward_kernel[(grid[0],)](flag, dy[T - 1], acts[T - 1] if SAVED[cell] else dy[T - 1], c_all[T], dG[T],
+                                       w_hh, dc, dc_in, T, B, H, **meta)

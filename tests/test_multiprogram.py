@@ -31,12 +31,12 @@ def ring_kernel(buf_ptr, ids_ptr, counter_ptr, flag_ptr, T, SPINS: tl.constexpr)
     (after another barrier) stores it + 1. Programs must be concurrent: a barrier waits for all."""
     n = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
     pid = _linear_pid()
-    budget = tl.full([], SPINS, tl.int32)
+    waiting = tl.full([], 1, tl.int32)
     tl.store(buf_ptr + pid, pid.to(tl.float32))
     for t in range(T):
-        budget = grid_barrier(counter_ptr, (2 * t + 1) * n, flag_ptr, budget)
+        waiting = grid_barrier(counter_ptr, (2 * t + 1) * n, flag_ptr, waiting, SPINS)
         right = tl.load(buf_ptr + (pid + 1) % n)
-        budget = grid_barrier(counter_ptr, (2 * t + 2) * n, flag_ptr, budget)
+        waiting = grid_barrier(counter_ptr, (2 * t + 2) * n, flag_ptr, waiting, SPINS)
         tl.store(buf_ptr + pid, right + 1)
     # the index read again after many hand-overs: each thread must have its own restored
     tl.store(ids_ptr + pid * 3 + tl.arange(0, 4), tl.where(tl.arange(0, 4) == 0, tl.program_id(0),
@@ -91,13 +91,12 @@ def test_outside_the_context_the_interpreter_runs_programs_one_after_another():
 @triton.jit
 def failing_kernel(counter_ptr, flag_ptr, out_ptr):
     """Program 1 hits an operation the interpreter rejects while the others wait at a barrier."""
-    budget = tl.full([], SPINS, tl.int32)
     if tl.program_id(0) == 1:
         x = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [tl.program_id(0)], dtype=tl.int32,
                                       is_pure=True, pack=1)
         tl.store(out_ptr, x)
-    budget = grid_barrier(counter_ptr, tl.num_programs(0), flag_ptr, budget)
-    tl.store(out_ptr + 1 + tl.program_id(0), budget)
+    waiting = grid_barrier(counter_ptr, tl.num_programs(0), flag_ptr, tl.full([], 1, tl.int32), SPINS)
+    tl.store(out_ptr + 1 + tl.program_id(0), waiting)
 
 
 def test_an_error_in_one_program_reaches_the_caller_and_stops_the_others():
@@ -112,7 +111,7 @@ def test_an_error_in_one_program_reaches_the_caller_and_stops_the_others():
 
 @triton.jit
 def never_satisfied_kernel(counter_ptr, flag_ptr):
-    grid_barrier(counter_ptr, tl.num_programs(0) + 1, flag_ptr, tl.full([], SPINS * 1024, tl.int32))
+    grid_barrier(counter_ptr, tl.num_programs(0) + 1, flag_ptr, tl.full([], 1, tl.int32), SPINS * 1024)
 
 
 def test_a_barrier_that_never_fills_times_out_instead_of_hanging():

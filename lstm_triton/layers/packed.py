@@ -25,22 +25,60 @@ starts at each row's own end (:func:`reverse_padded`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 _INF = float("inf")
 
 
+# Lengths given on the host, copied to a device once per distinct content (least recently used
+# first out): a training loop or a CUDA graph replays the same few patterns, and a copy to the
+# device per call would serialise launches and cannot be captured.
+_device_copies: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+DEVICE_COPIES_KEPT = 64
+
+
+def on_device(values: tuple[int, ...], device) -> torch.Tensor:
+    """``values`` as an int64 (B,) tensor on ``device``, from the cache when it holds them (never
+    written to: callers only read it)."""
+    key = (torch.device(device), values)
+    cached = _device_copies.get(key)
+    if cached is None:
+        cached = torch.tensor(values, dtype=torch.int64, device=device)
+        _device_copies[key] = cached
+        if len(_device_copies) > DEVICE_COPIES_KEPT:
+            _device_copies.popitem(last=False)
+    else:
+        _device_copies.move_to_end(key)
+    return cached
+
+
 def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
     """``lengths`` (sequence of B ints or a 1-D integer tensor, any device) -> int64 (B,) on ``device``.
 
+    Lengths on the host (a list, numpy array or CPU tensor, as nn's ``pack_padded_sequence``
+    wants them) are checked there and reach the device through :func:`on_device`: no host read of
+    device memory, no copy per call once seen. A tensor already on a GPU is checked with one read
+    to the host — except while a CUDA graph is being captured, where no read is possible: there its
+    values are clamped to [0, T] on the device instead.
+
     Raises ValueError naming ``lengths`` when it is not 1-D of size B with values in [0, T], or is a
     meta tensor (no values) for an input that has values."""
-    if torch.is_tensor(lengths) and lengths.device.type == "meta" and torch.device(device).type != "meta":
-        raise ValueError("lengths must hold values: got a meta tensor (shape only) for an input on "
-                         f"{torch.device(device)}")
+    device = torch.device(device)
+    if torch.is_tensor(lengths) and lengths.device.type == "meta" and device.type != "meta":
+        raise ValueError(f"lengths must hold values: got a meta tensor (shape only) for an input on {device}")
+    on_host = not torch.is_tensor(lengths) or lengths.device.type == "cpu"
+    if isinstance(lengths, (list, tuple)) and all(type(v) is int for v in lengths) and device.type != "meta":
+        if len(lengths) != B:  # plain Python ints: checked without making a tensor
+            raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got shape "
+                             f"({len(lengths)},)")
+        if lengths and (min(lengths) < 0 or max(lengths) > T):
+            raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(lengths)} to {max(lengths)}")
+        return on_device(tuple(lengths), device)
     try:
-        t = torch.as_tensor(lengths)
+        t = torch.as_tensor(lengths) if not torch.is_tensor(lengths) else lengths
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got "
                          f"{type(lengths).__name__} {lengths!r:.60}") from None
@@ -51,9 +89,18 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
                          f"{tuple(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"lengths must hold integers, got {t.dtype}")
+    if device.type == "meta":
+        return t.to(device=device, dtype=torch.int64)
+    if on_host:
+        values = tuple(t.tolist())
+        if values and (min(values) < 0 or max(values) > T):
+            raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(values)} to {max(values)}")
+        return on_device(values, device)
     t = t.to(device=device, dtype=torch.int64)
-    if B and t.device.type != "meta":
-        low, high = int(t.min()), int(t.max())  # one host read per call, before any kernel runs
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return t.clamp(0, T)
+    if B:
+        low, high = int(t.min()), int(t.max())  # the one host read: lengths that live on the device
         if low < 0 or high > T:
             raise ValueError(f"lengths must lie in [0, T={T}], got values from {low} to {high}")
     return t
@@ -78,7 +125,7 @@ def mask_padded_steps(xp: torch.Tensor, active: torch.Tensor, mode: str = "LSTM"
     the same with the steps past each row's length set to ``PADDED_STEP[mode]`` (module docstring)."""
     blocks = PADDED_STEP[mode]
     H = xp.shape[-1] // len(blocks)
-    pad = xp.new_tensor(blocks).repeat_interleave(H)
+    pad = torch.cat([xp.new_full((H,), value) for value in blocks])  # filled on the device: no copy from the host
     return torch.where(active[..., None], xp, pad)
 
 
@@ -108,19 +155,33 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(0, index)
 
 
+def _sorted_lengths(batch_sizes: torch.Tensor) -> torch.Tensor:
+    """The lengths of a PackedSequence's rows in its sorted order, from its ``batch_sizes`` (CPU
+    int64, as PackedSequence keeps them): row j runs the steps whose batch size exceeds j."""
+    rows = batch_sizes[:1].tolist()  # the first step's batch size is the number of rows
+    return (batch_sizes[None, :] > torch.arange(rows[0] if rows else 0)[:, None]).sum(1)
+
+
 def unpack(seq: PackedSequence) -> tuple[torch.Tensor, torch.Tensor]:
-    """PackedSequence -> ``(padded (T, B, *) in the caller's batch order, lengths (B,) int64)``."""
-    padded, lengths = pad_packed_sequence(seq)  # applies unsorted_indices: the caller's order
-    return padded, lengths.to(padded.device)
+    """PackedSequence -> ``(padded (T, B, *) in the caller's batch order, lengths (B,) int64 on the
+    data's device)``. No host read of device memory and, once a batch-size pattern has been seen,
+    no copy to the device (torch's ``pad_packed_sequence`` reads ``unsorted_indices`` to the host)."""
+    padded, sorted_lengths = torch._VF._pad_packed_sequence(seq.data, seq.batch_sizes, False, 0.0,
+                                                            seq.batch_sizes.size(0))
+    lengths = on_device(tuple(sorted_lengths.tolist()), padded.device)
+    if seq.unsorted_indices is not None:  # back to the caller's order, on the device
+        padded = padded.index_select(1, seq.unsorted_indices)
+        lengths = lengths.index_select(0, seq.unsorted_indices)
+    return padded, lengths
 
 
-def repack(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:
+def repack(padded: torch.Tensor, like: PackedSequence) -> PackedSequence:
     """Pack ``padded (T, B, *)`` (caller's batch order) exactly as ``like`` is packed: same
-    ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` (nn.LSTM's output contract)."""
+    ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices`` (nn.LSTM's output contract). The
+    lengths come from ``like.batch_sizes`` on the host: no read of device memory."""
     if like.sorted_indices is not None:
         padded = padded.index_select(1, like.sorted_indices)
-        lengths = lengths.index_select(0, like.sorted_indices)
-    data = pack_padded_sequence(padded, lengths.cpu(), enforce_sorted=True).data
+    data, _ = torch._VF._pack_padded_sequence(padded, _sorted_lengths(like.batch_sizes), False)
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 

@@ -225,7 +225,7 @@ class FusedRNNMixin:
                 padded = padded.transpose(0, 1)
             output, states = self._triton_forward(padded, hx, ac, lengths)
             output = output.transpose(0, 1) if self.batch_first else output
-            return packed.repack(output, lengths, input), states
+            return packed.repack(output, input), states
         return self._triton_forward(input, hx, ac, lengths)
 
     def _expected_weight_shapes(self) -> dict[str, tuple]:
