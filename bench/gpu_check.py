@@ -108,6 +108,17 @@ def test_workers() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_TEST_WORKERS))
 
 
+def xdist_mode() -> str:
+    """worksteal (pytest-xdist >= 3.2: contiguous chunks per worker, so a worker's tests share their
+    kernel variants, then idle workers steal), else load."""
+    try:
+        from xdist import __version__
+        major, minor = (int(x) for x in __version__.split(".")[:2])
+        return "worksteal" if (major, minor) >= (3, 2) else "load"
+    except (ImportError, ValueError):
+        return "load"
+
+
 def run_group(cmd: list[str], log_path: Path, env: dict, timeout_s: float) -> tuple[int, bool]:
     """``cmd`` in its own process group, output to ``log_path`` as it comes; at the deadline the whole
     group (pytest-xdist workers included) is killed. Returns (exit code, timed out)."""
@@ -173,7 +184,7 @@ def run_tests(out: Path, timeout_s: int) -> dict:
     log_path.write_text(f"NOTE: {note}\n" if note else "")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *present]
     if cuda:
-        cmd += ["-v", "-ra", *(["-n", str(workers), "--dist", "worksteal"] if workers else [])]
+        cmd += ["-v", "-ra", *(["-n", str(workers), "--dist", xdist_mode()] if workers else [])]
     else:
         cmd += ["--collect-only", "-q"]
     start = time.perf_counter()

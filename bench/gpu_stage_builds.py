@@ -16,12 +16,12 @@ this way (its shapes are many); it is sized from the mean seconds per build.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
 
 import torch
+import triton
 
 from lstm_triton.kernels.cell_math import GATES, GRU, LSTM
 from lstm_triton.kernels.launch_config import MAX_SPINS, dot_precision, persistent_config, pointwise_config, step_config
@@ -100,21 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
+    from lstm_triton.layers.kernel_report import KERNELS
+
+    # (bench.gpu_stages sets TRITON_INTERPRET on a CPU machine, but only after the kernels were made)
+    if not isinstance(KERNELS["cell_forward_kernel"], triton.runtime.JITFunction):
         print("unset TRITON_INTERPRET to compile for a GPU", file=sys.stderr)
         return 2
-    from lstm_triton.layers.kernel_report import KERNELS
 
     print(f"{'stage':8} {'builds':>6} {'wall s':>7} {'CPU s':>7}  (cold, one process, one build after another)")
     total_n = total_cpu = 0.0
     for stage, builds in stage_builds(args.arch).items():
         wall, cpu = time.perf_counter(), _cpu_seconds()
+        slow = []
         for build in builds:
+            one = _cpu_seconds()
             compile_build(build, KERNELS[build.kernel])
+            if (one := _cpu_seconds() - one) > 10:
+                consts = " ".join(f"{k}={v}" for k, v in build.constexprs.items() if k != "MAX_SPINS")
+                slow.append(f"{build.kernel} {build.dtype} {consts}: {one:.0f} CPU-s")
         wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
         total_n, total_cpu = total_n + len(builds), total_cpu + cpu
         print(f"{stage:8} {len(builds):6d} {wall:7.1f} {cpu:7.1f}  "
               + ", ".join(sorted({f"{b.level}/{b.dtype}" for b in builds})), flush=True)
+        for line in slow:
+            print(f"         slow: {line}", flush=True)
     if total_n:
         print(f"mean {total_cpu / total_n:.2f} CPU-s per build; tests stage (~300 JIT variants, per the issue): "
               f"~{300 * total_cpu / total_n:.0f} CPU-s, over 16 xdist workers ~{300 * total_cpu / total_n / 16:.0f} s "

@@ -7,7 +7,8 @@
 # 13), triton 3.6, numpy, pandas, pytest, pytest-xdist, hypothesis, matplotlib, setuptools, pip with no
 # index, no network, a cold Triton cache. Here: a fresh venv of Python 3.11 (the CPU torch wheel this
 # machine carries is cp311 only) with torch==2.13.0 (its CPU build: torch 2.11's CUDA wheel cannot be
-# had here), triton==3.6.0, numpy, pandas, pytest, pytest-xdist, hypothesis, matplotlib, and nothing
+# had here), triton==3.6.0, numpy, pandas, pytest, pytest-xdist, hypothesis, matplotlib (and the pytest
+# plugins the image has that load into every run: pytest-benchmark, pytest-timeout), and nothing
 # else of the project's own dependencies: tqdm (which the image does have) is left out on purpose, so
 # the preflight must name it and the check must run without it. The venv's `python` is removed and
 # PATH holds the venv and /usr/bin, /bin only, so `python3` is the only interpreter name; the check
@@ -25,7 +26,9 @@ cd "$(dirname "$0")/.."
 OUT="${1:-results/gpu-rehearsal}"
 VENV="${REHEARSE_VENV:-${TMPDIR:-/tmp}/lstm-triton-gpu-image}"
 BASE="${REHEARSE_PYTHON:-python3.11}"
-PACKAGES=(torch==2.13.0 triton==3.6.0 numpy pandas pytest pytest-xdist hypothesis matplotlib)
+# (pytest-benchmark, pytest-timeout: plugins the image has, which load into every pytest run)
+PACKAGES=(torch==2.13.0 triton==3.6.0 numpy pandas pytest pytest-xdist hypothesis matplotlib pytest-benchmark
+          pytest-timeout)
 T0=$(date +%s)
 
 if [ "${REHEARSE_REUSE:-0}" != 1 ] || [ ! -x "$VENV/bin/python3" ]; then
