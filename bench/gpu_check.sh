@@ -84,9 +84,9 @@ export PYTHONPATH="${SHADOW:+$SHADOW:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import lstm_triton.kernels" >> "$LOG" 2>&1 \
   || { echo "setup: lstm_triton does not import:" | tee -a "$LOG"; "$PY" -c "import lstm_triton.kernels" 2>&1 | tail -5 | tee -a "$LOG"; }
 
-# The stages' own deadlines (bench/gpu_check.py GPU_DEADLINES) add up to 390 s; this guard only
+# The stages' own deadlines (bench/gpu_check.py GPU_DEADLINES) add up to 405 s; this guard only
 # catches what they cannot, and leaves the run, set-up included, under 8 minutes.
-GUARD=${GPU_CHECK_GUARD_S:-420}
+GUARD=${GPU_CHECK_GUARD_S:-435}
 export GPU_CHECK_SETUP_S=$(( $(date +%s) - START ))
 export PYTHONUNBUFFERED=1
 timeout --kill-after=5 "$GUARD" "$PY" -m bench.gpu_check --out "$OUT" 2>&1 | tee -a "$LOG"

@@ -34,7 +34,8 @@ T0=$(date +%s)
 if [ "${REHEARSE_REUSE:-0}" != 1 ] || [ ! -x "$VENV/bin/python3" ]; then
   rm -rf "$VENV"
   "$BASE" -m venv "$VENV"
-  "$VENV/bin/python3" -m pip install --quiet "${PACKAGES[@]}"
+  # (this machine's pip configuration names local index folders that do not all exist: not worth a line each)
+  "$VENV/bin/python3" -m pip install --quiet "${PACKAGES[@]}" 2>&1 | { grep -v "is ignored: it is neither" || true; }
   rm -f "$VENV/bin/python"  # python3 only, as on the image
   echo "rehearse: image-like venv $VENV built in $(( $(date +%s) - T0 )) s: ${PACKAGES[*]}"
 fi
