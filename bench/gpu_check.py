@@ -6,15 +6,20 @@ tokens/s, and the SASS tensor-core columns — one command, under 8 minutes on a
     python -m bench.gpu_check --out /tmp/x --smoke       # CPU, interpreter, tiny shapes (CI)
 
 Stages, each with a deadline (the deadlock guard: a hung kernel costs its stage, not the run):
-``tests`` (this project's Triton tests on CUDA, pytest subprocess), ``race``, ``layers``, ``varlen``
-(variable-length batches: B=64, H=512, T=1024, lengths uniform in [256, 1024]) and ``e2e``
-(bench/gpu_stages.py, one subprocess each), and ``sass`` (lstm_triton.layers.kernel_report for the
-device's architecture, compiled on the CPU in the background while the others run).
+``tests`` (this project's Triton tests on CUDA and every test file that marks a test ``cuda``, on
+pytest-xdist workers, one per core up to 16), ``sass`` (lstm_triton.layers.kernel_report --rated for
+the device's architecture: the d2l/large builds, compiled and disassembled on the CPU beside the
+tests), ``race``, ``layers``, ``varlen`` (variable-length batches: B=64, H=512, T=1024, lengths
+uniform in [256, 1024]) and ``e2e`` (bench/gpu_stages.py, one subprocess each). The tests and the
+race check run with LSTM_TRITON_CHECK_BARRIER=1 (a host read after every persistent call); the timed
+stages never do. Without a GPU (and without --smoke) the tests only collect and the CUDA stages skip
+with their reason, while the SASS stage and the summary run for real (bench/rehearse_gpu_check.sh).
 
-Writes into --out (default ``$OUT`` or results/gpu; at most 8 files): tests.log, checks.json
-(machine, stage status, tests, race, accuracy, SASS rows), timings.csv, varlen.csv, e2e.csv,
-kernel_report.json, summary.txt; prints the summary, per-step table last. Exit status 1 when a
-test, the race check, an accuracy check or a stage failed or ran out of time.
+Writes into --out (default ``$OUT`` or results/gpu; at most 7 files, gpu_check.sh's log the 8th):
+tests.log, checks.json (machine, stage status, tests, race, accuracy, SASS rows), timings.csv,
+varlen.csv, e2e.csv, kernel_report.json, summary.txt, all rewritten after every stage (a run stopped
+at any point leaves its table); prints the summary, per-step table last. Exit status 1 when a test,
+the race check, an accuracy check or a stage failed or ran out of time.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,50 +51,183 @@ from bench.machine import machine_info  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_TESTS = ["tests/test_lstm_triton.py", "tests/test_lstm_math.py", "tests/test_lstm_api.py",
               "tests/test_train_triton.py", "tests/test_persistent_multiprogram.py", "tests/test_packed.py",
-              "tests/test_projection.py", "tests/test_gru_rnn.py", "tests/test_precision.py"]
-# Seconds per stage on a GPU (a bare machine compiles every kernel first: the tests get most).
-# The layers stage gave 30 s to the varlen stage (compiling at H=512 is most of varlen's time).
-# The GRU's layer rows (two precisions, two shapes) took 40 s: 30 from the tests, 10 from TOTAL_S.
-# They add up to 410 s, plus the SASS stage's last wait (what is left of TOTAL_S): under the 465 s
-# that gpu_check.sh allows, which with its ~15 s of set-up stays inside 8 minutes.
-GPU_DEADLINES = {"tests": 170, "race": 25, "layers": 140, "varlen": 30, "e2e": 45}
+              "tests/test_projection.py", "tests/test_gru_rnn.py", "tests/test_precision.py",
+              # CUDA graphs and the device guard (two GPUs where present): picked up once they exist
+              "tests/test_cuda_graphs.py", "tests/test_device_guard.py"]
+CUDA_MARK = "pytest.mark.cuda"  # any other test file that marks a test so runs whole in the tests stage
+# Seconds per stage on the H200 machine (16 cores) with a cold Triton cache, sized from what
+# bench/gpu_stage_builds.py measured on a 2-core CPU shared with two other compiling users, Triton
+# 3.6, sm_90: a cold build costs ~1.1 CPU-seconds (race 6 builds 8.8 CPU-s, layers 38 in 35, varlen
+# 8 in 13, e2e none new; 176 representative builds in 217; the 8 rated ones with their SASS in ~16).
+# A stage compiles in one process, one build after another; a JIT launch may compile a configuration
+# twice (integer arguments divisible by 16 or not), so up to 2x that. tests: ~300 variants (~330
+# CPU-s) over 16 xdist workers is ~20 s if perfectly spread, 40-60 s with duplicates and imbalance,
+# plus each worker's start (~10 s) and the GPU's time: ~60-100 s against 150. race: <=18 s of
+# compiling, 5 repeats of 3 cases: 30. layers: 35-70 s of compiling, ~80 do_bench timings and the
+# float64 references: 150. varlen <=26 s of compiling: 30. e2e reuses the layers' kernels: 45 for
+# its 21 short epochs. The SASS stage (8 rated builds, ~5 s there) runs beside the tests and is
+# collected after them. Sequential deadlines add up to 405 s; with gpu_check.sh's guard (435 s) and
+# ~20 s of preflight and install a cold run stays under 8 minutes even if every stage hits its
+# deadline, and a typical cold one (~4-5 min) leaves a retry inside the device's 15 minutes.
+GPU_DEADLINES = {"tests": 150, "race": 30, "layers": 150, "varlen": 30, "e2e": 45, "sass": 150}
 SMOKE_DEADLINES = {"race": 300, "layers": 300, "varlen": 300, "e2e": 300}  # a busy 2-core CPU, the interpreter
 STAGE_ORDER = ("race", "layers", "varlen", "e2e")
-TOTAL_S = {"gpu": 450, "smoke": 900}
+CHECKS_CORRECTNESS = {"tests", "race"}  # stages run with LSTM_TRITON_CHECK_BARRIER=1; never the timed ones
+TOTAL_S = {"gpu": 435, "smoke": 900}
+MAX_TEST_WORKERS = 16  # the H200 machine's cores; each worker holds a CUDA context (~0.5 GiB)
 LAYER_KEY = ["cell", "shape", "precision", "mode"]  # a layer timing row; its speedup is over nn's row of the same key
+OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+
+
+def stage_env(stage: str) -> dict:
+    """The environment of a stage's subprocess: TRITON_INTERPRET unset on CUDA, and the host's
+    barrier check (a device-to-host read after every persistent call) only where the stage checks
+    correctness; a timed stage never pays it (nn.LSTM's timings do not)."""
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        env.pop("TRITON_INTERPRET", None)
+    if stage in CHECKS_CORRECTNESS:
+        env["LSTM_TRITON_CHECK_BARRIER"] = "1"
+    else:
+        env.pop("LSTM_TRITON_CHECK_BARRIER", None)
+    return env
+
+
+def cuda_test_files() -> tuple[list[str], list[str]]:
+    """(present, absent): CUDA_TESTS, plus every tests/test_*.py that marks a test ``cuda``."""
+    marked = sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if CUDA_MARK in p.read_text())
+    wanted = list(dict.fromkeys([*CUDA_TESTS, *marked]))
+    return [t for t in wanted if (ROOT / t).exists()], [t for t in wanted if not (ROOT / t).exists()]
+
+
+def test_workers() -> int:
+    """pytest-xdist workers: one per core, at most MAX_TEST_WORKERS (GPU_CHECK_TEST_WORKERS overrides;
+    0 runs in one process); 0 when pytest-xdist is missing."""
+    if os.environ.get("GPU_CHECK_TEST_WORKERS"):
+        return int(os.environ["GPU_CHECK_TEST_WORKERS"])
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return 0
+    return max(1, min(os.cpu_count() or 1, MAX_TEST_WORKERS))
+
+
+def xdist_mode() -> str:
+    """worksteal (pytest-xdist >= 3.2: contiguous chunks per worker, so a worker's tests share their
+    kernel variants, then idle workers steal), else load."""
+    try:
+        from xdist import __version__
+        major, minor = (int(x) for x in __version__.split(".")[:2])
+        return "worksteal" if (major, minor) >= (3, 2) else "load"
+    except (ImportError, ValueError):
+        return "load"
+
+
+def run_group(cmd: list[str], log_path: Path, env: dict, timeout_s: float) -> tuple[int, bool]:
+    """``cmd`` in its own process group, output to ``log_path`` as it comes; at the deadline the whole
+    group (pytest-xdist workers included) is killed. Returns (exit code, timed out)."""
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        _CHILDREN.append(proc)
+        try:
+            return proc.wait(timeout=max(timeout_s, 1)), False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return 124, True
+        finally:
+            _CHILDREN.remove(proc)
+
+
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def count_outcomes(log: str) -> dict[str, dict[str, int]]:
+    """Per test file, how many tests PASSED, FAILED, ... in pytest -v output (with or without xdist;
+    a log cut off at a deadline gives what had finished)."""
+    counts: dict[str, dict[str, int]] = {}
+    word = "|".join(OUTCOMES)
+    pattern = re.compile(rf"(?:\b({word})\s+(tests/[^\s:]+\.py)::|(tests/[^\s:]+\.py)::\S+\s+({word})\b)")
+    for line in log.splitlines():
+        if "short test summary info" in line:  # -ra repeats FAILED/ERROR lines there
+            break
+        m = pattern.search(line)
+        if m:
+            outcome, path = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+            counts.setdefault(path, dict.fromkeys(OUTCOMES, 0))[outcome] += 1
+    return counts
+
+
+def count_collected(log: str) -> dict[str, int]:
+    """Per test file, the tests pytest --collect-only -q listed."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if re.match(r"tests/[^\s:]+\.py::", line):
+            path = line.split("::", 1)[0]
+            counts[path] = counts.get(path, 0) + 1
+    return counts
 
 
 def run_tests(out: Path, timeout_s: int) -> dict:
-    """This project's Triton tests on CUDA (fp32 and bf16), in a subprocess with a deadline; a test
-    file not in this checkout is left out with a note."""
-    present = [t for t in CUDA_TESTS if (ROOT / t).exists()]
-    absent = [t for t in CUDA_TESTS if t not in present]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *present],
-                              cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout_s)
-        log, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        log, code = f"{partial}\nTIMEOUT after {timeout_s} s (deadlock guard)", 124
+    """This project's Triton tests on CUDA (fp32 and bf16) on every core (pytest-xdist, each worker
+    stealing from the others' queues once its own is done), in a process group with a deadline. Without
+    a GPU the tests only collect (imports, fixtures and parametrization checked in this environment)
+    and the stage says why. A named test file not in this checkout is left out with a note."""
+    present, absent = cuda_test_files()
+    workers = test_workers()
+    cuda = torch.cuda.is_available()
+    log_path = out / "tests.log"
     note = f"not in this checkout, skipped: {', '.join(absent)}" if absent else ""
-    (out / "tests.log").write_text((f"NOTE: {note}\n" if note else "") + log)
-    last = [line for line in log.strip().splitlines() if line.strip()][-1:] or [""]
-    return {"exit_code": code, "summary": last[0], "seconds": round(time.perf_counter() - start, 1),
-            "files": present, "note": note}
+    log_path.write_text(f"NOTE: {note}\n" if note else "")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *present]
+    if cuda:
+        cmd += ["-v", "-ra", *(["-n", str(workers), "--dist", xdist_mode()] if workers else [])]
+    else:
+        cmd += ["--collect-only", "-q"]
+    start = time.perf_counter()
+    with open(log_path, "a") as f:
+        f.write("$ " + " ".join(cmd[1:]) + "\n")
+    code, timed_out = run_group(cmd, log_path, stage_env("tests"), timeout_s)
+    seconds = round(time.perf_counter() - start, 1)
+    if timed_out:
+        with open(log_path, "a") as f:
+            f.write(f"\nTIMEOUT after {timeout_s} s (deadlock guard); the counts are what had finished\n")
+    log = log_path.read_text()
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    result = {"exit_code": code, "seconds": seconds, "files": present, "note": note, "workers": workers if cuda else 0,
+              "summary": f"TIMEOUT after {timeout_s} s" if timed_out else last.strip("= ")}
+    if cuda:
+        result["per_file"] = count_outcomes(log)
+    else:
+        result.update(skipped=True, per_file={k: {"collected": v} for k, v in count_collected(log).items()},
+                      reason="no CUDA device: the tests only collected here")
+    return result
 
 
 def run_stage(stage: str, parts: Path, smoke: bool, timeout_s: float) -> dict:
     """One bench.gpu_stages stage in a subprocess; its output goes to this process's stdout."""
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "bench.gpu_stages", stage, "--parts", str(parts)] + (["--smoke"] if smoke else [])
-    print(f"stage {stage} (deadline {timeout_s:.0f} s)", flush=True)
+    barrier = "; host barrier check" if stage in CHECKS_CORRECTNESS else ""
+    print(f"stage {stage} (deadline {timeout_s:.0f} s{barrier})", flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=stage_env(stage), start_new_session=True)
+    _CHILDREN.append(proc)
     try:
-        code = subprocess.run(cmd, cwd=ROOT, timeout=max(timeout_s, 1)).returncode
+        code = proc.wait(timeout=max(timeout_s, 1))
         note = "" if code == 0 else f"exited {code}"
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
         code, note = 124, f"TIMEOUT after {timeout_s:.0f} s (deadlock guard); partial results kept"
+    finally:
+        _CHILDREN.remove(proc)
     return {"stage": stage, "exit_code": code, "seconds": round(time.perf_counter() - start, 1), "note": note}
 
 
@@ -206,78 +347,163 @@ def _text_table(header: list[str], rows: list[list[str]], left: int = 3) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
+def tests_table(t: dict) -> str:
+    """Per test file: passed/failed/skipped (or, without a GPU, how many collected)."""
+    per_file = t.get("per_file") or {}
+    if not per_file:
+        return ""
+    new = {"tests/test_cuda_graphs.py", "tests/test_device_guard.py"}
+    if t.get("skipped"):
+        rows = [[f, str(c["collected"])] for f, c in per_file.items()]
+        return _text_table(["file", "collected"], rows, left=1)
+    rows = [[f + (" (new)" if f in new else ""), str(c["PASSED"] + c["XPASS"]), str(c["FAILED"] + c["ERROR"]),
+             str(c["SKIPPED"] + c["XFAIL"])] for f, c in sorted(per_file.items())]
+    return _text_table(["file", "passed", "failed", "skipped"], rows, left=1)
+
+
+class Check:
+    """What the run has so far; :meth:`write` rewrites summary.txt, checks.json and the CSVs from it
+    after every stage, so a run stopped at any point (its deadline, gpu_check.sh's guard) still
+    leaves its table."""
+
+    def __init__(self, out: Path, parts: Path, device: torch.device, smoke: bool, arch: str, arch_why: str):
+        self.out, self.parts, self.device, self.smoke = out, parts, device, smoke
+        self.start = time.perf_counter()
+        self.report: dict = {"machine": machine_info(device), "stages": [],
+                             "sass": {"arch": arch, "arch_reason": arch_why, "rows": [], "note": "compiling"}}
+
+    def write(self, final: bool = False) -> tuple[str, bool]:
+        """Rewrite the files from what has run; returns (summary, whether everything that ran passed)."""
+        out, report, device = self.out, self.report, self.device
+        race, layer_rows, varlen_rows, e2e_rows = (read_parts(self.parts, s) for s in STAGE_ORDER)
+        layers, e2e, varlen = pd.DataFrame(layer_rows), pd.DataFrame(e2e_rows), pd.DataFrame(varlen_rows)
+        if not layers.empty:
+            nn_ms = layers[layers["provider"] == "nn"].set_index(LAYER_KEY)["ms"]
+            layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in zip(
+                zip(*(layers[c] for c in LAYER_KEY)), layers["ms"])]
+        layers.to_csv(out / "timings.csv", index=False)
+        e2e.to_csv(out / "e2e.csv", index=False)
+        varlen.to_csv(out / "varlen.csv", index=False)
+        acc = accuracy_table(pd.concat([layers, varlen.assign(cell="lstm", shape="varlen")] if not varlen.empty
+                                       else [layers]))
+        report.update({"race": race, "accuracy": acc.to_dict("records"),
+                       "seconds": round(time.perf_counter() - self.start, 1), "complete": final})
+        (out / "checks.json").write_text(json.dumps(report, indent=2, default=str))
+
+        ran = {s["stage"]: s for s in report["stages"]}
+        race_ran = "race" in ran and not ran["race"].get("skipped")
+        race_ok = bool(race) and all(r["bit_identical"] for r in race)
+        bad_acc = acc[~acc["ok"]]
+        stage_fail = [s for s in report["stages"] if s["exit_code"] != 0]
+        cuda = device.type == "cuda"
+        machine, sass = report["machine"], report["sass"]
+        timed = "median µs per time step (do_bench); (speedup vs torch.nn of the same cell)" if cuda else \
+            "µs per time step (interpreter: correctness run, not a timing)"
+        pending = [s for s in ("race", *STAGE_ORDER[1:]) if s not in ran]
+        lines = [f"device: {machine['device']} | torch {machine['torch']} | triton {machine['triton']} | "
+                 f"cuDNN {machine['cudnn']} | interpreter {machine['interpreter']} | {report['seconds']} s"
+                 + ("" if final else f" | INCOMPLETE: not yet run: {', '.join(pending) or 'summary'}"),
+                 "stages: " + _stage_words(report)]
+        if "tests" in report:
+            t = report["tests"]
+            head = (f"tests: SKIPPED ({t['reason']}): {t['summary']}" if t.get("skipped") else
+                    f"tests ({t['workers'] or 'no'} xdist workers, {t['seconds']} s): exit {t['exit_code']}: "
+                    f"{t['summary']}")
+            lines.append(head + (f" ({t['note']})" if t["note"] else ""))
+            table = tests_table(t)
+            lines += [table] if table else []
+        race_word = ("PASS" if race_ok else "FAIL") if race_ran else "skipped" if "race" in ran else "not run"
+        lines += [f"race check (persistent, repeated runs bit-identical): {race_word} ({len(race)} cases)",
+                  "accuracy vs float64 torch.nn of the same cell (forward; varlen: forward+backward on the "
+                  "PackedSequence): " + ("all within tolerance" if bad_acc.empty else
+                                         "FAIL " + bad_acc.to_string(index=False)),
+                  "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations"
+                  + (f" ({sass['builds']} builds compiled cold-or-cached in {sass['seconds']} s)"
+                     if "seconds" in sass and "builds" in sass else "") + ":", sass_table(sass),
+                  "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),
+                  "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call (÷ B for ms per "
+                  "sequence) " + ("(do_bench median)" if cuda else "(interpreter: correctness run, not a timing)")
+                  + ":", varlen_table(varlen, cuda),
+                  "", timed + ":", per_step_table(layers)]
+        summary = "\n".join(lines)
+        (out / "summary.txt").write_text(summary + "\n")
+        tests_failed = report.get("tests", {}).get("exit_code", 0) != 0
+        ok = not (tests_failed or (race_ran and not race_ok) or not bad_acc.empty or stage_fail)
+        return summary, ok
+
+
+def _stage_words(report: dict) -> str:
+    """Every stage's outcome and wall time, set-up (from gpu_check.sh) and tests first."""
+    words = [f"preflight+install {os.environ['GPU_CHECK_SETUP_S']} s"] if os.environ.get("GPU_CHECK_SETUP_S") else []
+    if "tests" in report:
+        t = report["tests"]
+        words.append(f"tests {'collect-only' if t.get('skipped') else 'ok' if not t['exit_code'] else 'FAILED'} "
+                     f"({t['seconds']} s)")
+    sass = report["sass"]
+    if "seconds" in sass:
+        words.append(f"sass {'ok' if sass['rows'] else 'no rows'} ({sass['seconds']} s, beside the tests)")
+    skipped = [s for s in report["stages"] if s.get("skipped")]
+    words += [f"{s['stage']} {'ok' if not s['exit_code'] else s['note']} ({s['seconds']} s)"
+              for s in report["stages"] if not s.get("skipped")]
+    if skipped:
+        words.append(f"{', '.join(s['stage'] for s in skipped)} skipped ({skipped[0]['note']})")
+    return ", ".join(words)
+
+
+def _on_sigterm(signum, frame):  # gpu_check.sh's guard: stop the children (own process groups) too
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "results/gpu")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, no CUDA tests (CI)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    machine = machine_info(device)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     deadlines, total = (SMOKE_DEADLINES, TOTAL_S["smoke"]) if args.smoke else (GPU_DEADLINES, TOTAL_S["gpu"])
     arch, arch_why = device_arch()
-    sass_job = SassReport(out / "kernel_report.json", arch, rated_only=args.smoke)  # CPU-bound: beside the stages
-    report: dict = {"machine": machine, "stages": []}
-    if not args.smoke:
-        report["tests"] = run_tests(out, deadlines["tests"])
-        t = report["tests"]
-        print(f"tests on {device}: {t['summary']} ({t['seconds']} s){'; ' + t['note'] if t['note'] else ''}",
-              flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        parts = Path(tmp)
+    # the rated builds only (kernel_report --rated): compiled on the CPU beside the tests
+    sass_job = SassReport(out / "kernel_report.json", arch)
+    parts = Path(tempfile.mkdtemp(prefix="gpu_check_parts_"))
+    check = Check(out, parts, device, args.smoke, arch, arch_why)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def collect_sass(wait_s: float) -> None:
+        check.report["sass"] = {**sass_job.collect(wait_s), "arch_reason": arch_why}
+        s = check.report["sass"]
+        print(f"stage sass: {len(s['rows'])} rated rows of {s.get('builds', 0)} builds in {s.get('seconds', '?')} s"
+              + (f"; {s['note']}" if s.get("note") else ""), flush=True)
+        check.write()
+
+    try:
+        check.write()
+        if not args.smoke:
+            check.report["tests"] = t = run_tests(out, deadlines["tests"])
+            print(f"tests on {device}: {t['summary']} ({t['seconds']} s)" + (f"; {t['note']}" if t["note"] else ""),
+                  flush=True)
+            check.write()
+            collect_sass(deadlines["sass"] - (time.perf_counter() - sass_job.start))
         for stage in STAGE_ORDER:
-            report["stages"].append(run_stage(stage, parts, args.smoke, deadlines[stage]))
-        race, layer_rows, varlen_rows, e2e_rows = (read_parts(parts, s) for s in STAGE_ORDER)
-    sass = sass_job.collect(total - (time.perf_counter() - start))
-    sass["arch_reason"] = arch_why
-
-    layers = pd.DataFrame(layer_rows)
-    e2e = pd.DataFrame(e2e_rows)
-    varlen = pd.DataFrame(varlen_rows)
-    if not layers.empty:
-        nn_ms = layers[layers["provider"] == "nn"].set_index(LAYER_KEY)["ms"]
-        layers["speedup_vs_nn"] = [nn_ms.get(k, math.nan) / ms for k, ms in zip(
-            zip(*(layers[c] for c in LAYER_KEY)), layers["ms"])]
-    layers.to_csv(out / "timings.csv", index=False)
-    e2e.to_csv(out / "e2e.csv", index=False)
-    varlen.to_csv(out / "varlen.csv", index=False)
-    acc = accuracy_table(pd.concat([layers, varlen.assign(cell="lstm", shape="varlen")] if not varlen.empty
-                                   else [layers]))
-    report.update({"race": race, "accuracy": acc.to_dict("records"), "sass": sass,
-                   "seconds": round(time.perf_counter() - start, 1)})
-    (out / "checks.json").write_text(json.dumps(report, indent=2, default=str))
-
-    race_ok = bool(race) and all(r["bit_identical"] for r in race)
-    bad_acc = acc[~acc["ok"]]
-    stage_fail = [s for s in report["stages"] if s["exit_code"] != 0]
-    timed = "median µs per time step (do_bench); (speedup vs torch.nn of the same cell)" if device.type == "cuda" else \
-        "µs per time step (interpreter: correctness run, not a timing)"
-    lines = [f"device: {machine['device']} | torch {machine['torch']} | triton {machine['triton']} | "
-             f"cuDNN {machine['cudnn']} | interpreter {machine['interpreter']} | {report['seconds']} s",
-             "stages: " + ", ".join(f"{s['stage']} {'ok' if not s['exit_code'] else s['note']} ({s['seconds']} s)"
-                                    for s in report["stages"])]
-    if "tests" in report:
-        t = report["tests"]
-        lines.append(f"tests: exit {t['exit_code']}: {t['summary']}" + (f" ({t['note']})" if t["note"] else ""))
-    lines += [f"race check (persistent, repeated runs bit-identical): {'PASS' if race_ok else 'FAIL'} "
-              f"({len(race)} cases)",
-              "accuracy vs float64 torch.nn of the same cell (forward; varlen: forward+backward on the "
-              "PackedSequence): " + ("all within tolerance" if bad_acc.empty else
-                                     "FAIL " + bad_acc.to_string(index=False)),
-              "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations:", sass_table(sass),
-              "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),
-              "", "variable-length batch (" + _varlen_caption(varlen) + "), ms per batch call (÷ B for ms per "
-              "sequence) "
-              + ("(do_bench median)" if device.type == "cuda" else "(interpreter: correctness run, not a timing)")
-              + ":", varlen_table(varlen, device.type == "cuda"),
-              "", timed + ":", per_step_table(layers)]
-    summary = "\n".join(lines)
-    (out / "summary.txt").write_text(summary + "\n")
+            if cuda or args.smoke:
+                check.report["stages"].append(run_stage(stage, parts, args.smoke, deadlines[stage]))
+            else:
+                check.report["stages"].append({"stage": stage, "exit_code": 0, "seconds": 0.0, "skipped": True,
+                                               "note": "no CUDA device; --smoke runs them on the CPU"})
+                print(f"stage {stage}: skipped (no CUDA device)", flush=True)
+            check.write()
+        if args.smoke:
+            collect_sass(total - (time.perf_counter() - check.start))
+        summary, ok = check.write(final=True)
+    finally:
+        sass_job.kill()
+        for proc in list(_CHILDREN):
+            _kill_group(proc)
+        shutil.rmtree(parts, ignore_errors=True)
     print(summary)
-    tests_failed = report.get("tests", {}).get("exit_code", 0) != 0
-    return 1 if (tests_failed or not race_ok or not bad_acc.empty or stage_fail) else 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -331,6 +331,56 @@ def test_sass_rows_keep_the_marked_configurations_and_note_missing_columns():
     assert got["note"] == "this kernel_report has no sass_mma_instructions, useful_mac_fraction column(s) yet"
 
 
+def test_gpu_check_counts_test_outcomes_per_file_with_and_without_xdist():
+    from bench.gpu_check import count_collected, count_outcomes
+
+    log = "\n".join([
+        "[gw0] [  1%] PASSED tests/test_a.py::test_x[fp32-1] ",
+        "[gw3] [  2%] SKIPPED tests/test_b.py::test_y ",
+        "tests/test_a.py::test_z FAILED                  [ 50%]",
+        "tests/test_cuda_graphs.py::test_replay[lstm] XFAIL (known)  [ 60%]",
+        "=========================== short test summary info ============================",
+        "FAILED tests/test_a.py::test_z - AssertionError",  # -ra repeats it: not counted twice
+        "SKIPPED [1] tests/test_b.py:12: needs two GPUs"])
+    got = count_outcomes(log)
+    assert {f: {k: v for k, v in c.items() if v} for f, c in got.items()} == {
+        "tests/test_a.py": {"PASSED": 1, "FAILED": 1}, "tests/test_b.py": {"SKIPPED": 1},
+        "tests/test_cuda_graphs.py": {"XFAIL": 1}}
+    assert count_collected("tests/test_a.py::t[1]\ntests/test_a.py::t[2]\ntests/test_b.py::u\n\n3 tests collected") \
+        == {"tests/test_a.py": 2, "tests/test_b.py": 1}
+
+
+def test_gpu_check_host_barrier_check_only_in_the_correctness_stages(monkeypatch):
+    from bench.gpu_check import stage_env
+
+    monkeypatch.setenv("LSTM_TRITON_CHECK_BARRIER", "1")  # even if the caller exported it
+    assert {s for s in ("tests", "race", "layers", "varlen", "e2e")
+            if stage_env(s).get("LSTM_TRITON_CHECK_BARRIER") == "1"} == {"tests", "race"}
+    assert all("LSTM_TRITON_CHECK_BARRIER" not in stage_env(s) for s in ("layers", "varlen", "e2e"))
+
+
+def test_gpu_check_tests_stage_takes_every_cuda_marked_file_and_the_new_cuda_files():
+    from bench.gpu_check import CUDA_MARK, ROOT, cuda_test_files
+
+    present, absent = cuda_test_files()
+    marked = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if CUDA_MARK in p.read_text()}
+    assert "tests/test_precision.py" in marked and marked <= set(present)
+    assert {"tests/test_cuda_graphs.py", "tests/test_device_guard.py"} <= set(present) | set(absent)
+    assert all((ROOT / f).exists() for f in present) and not any((ROOT / f).exists() for f in absent)
+
+
+def test_gpu_check_writes_a_summary_before_any_stage_has_run(tmp_path):
+    import torch
+
+    from bench.gpu_check import Check
+
+    check = Check(tmp_path, tmp_path / "parts", torch.device("cpu"), False, "sm_90", "no GPU: sm_90")
+    summary, ok = check.write()
+    assert ok and (tmp_path / "summary.txt").read_text() == summary + "\n"
+    assert "INCOMPLETE: not yet run: race, layers, varlen, e2e" in summary.splitlines()[0]
+    assert json.loads((tmp_path / "checks.json").read_text())["complete"] is False
+
+
 def test_cpu_profile_trims_where_a_cpu_user_learns_least():
     """`make bench` on a CPU stays under 15 minutes: interpreted cases (correctness runs) and the
     large shape (seconds per round) get one round and no warm-up round; naive and nn still train
