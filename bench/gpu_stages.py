@@ -129,14 +129,19 @@ def _precision_fields(precision: str, st) -> dict:
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)  # surfaces a barrier timeout (device-side assert) here
+        torch.cuda.synchronize(device)  # every launch finished before a clock or a result is read
 
 
 # ----------------------------------------------------------------------------------------- race
 
 
 def race_check(provider: str, shape, dtype: torch.dtype, device, repeats: int, cell: str = "lstm") -> dict:
-    """Same inputs ``repeats`` times: outputs and every gradient must be bit-identical."""
+    """Same inputs ``repeats`` times: outputs and every gradient must be bit-identical, and (with
+    the host barrier check this stage runs under) no grid barrier may have timed out: a timed-out
+    call is recomputed at the step level, so it would be right but not the persistent kernel's."""
+    from lstm_triton.kernels import lstm_persistent
+
+    timeouts_before = lstm_persistent.barrier_timeouts
     name, T, B, I, H = shape
     layer = build_layer(provider, reference_weights(I, H, cell=cell), device, dtype, cell)
     results = []
@@ -152,7 +157,8 @@ def race_check(provider: str, shape, dtype: torch.dtype, device, repeats: int, c
     _sync(device)
     identical = all(torch.equal(a, b) for run in results[1:] for a, b in zip(results[0], run))
     return {"cell": cell, "provider": provider, "shape": name, "dtype": str(dtype).removeprefix("torch."),
-            "repeats": repeats, "bit_identical": identical}
+            "repeats": repeats, "bit_identical": identical,
+            "barrier_timeouts": lstm_persistent.barrier_timeouts - timeouts_before}
 
 
 def stage_race(parts: Path, device, smoke: bool) -> None:
