@@ -11,8 +11,21 @@ TORCH_SPEC ?= torch==2.13.0
 BENCH_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The oldest Triton the project supports (pyproject: triton>=3.6; the GPU image runs 3.6): make test
+# runs the kernel tests a second time in a venv of its own with that release and the same torch,
+# so the declared range is tested at both ends (the main venv takes the newest Triton).
+TRITON_OLDEST ?= 3.6.0
+VENV_OLDEST ?= .venv-triton-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(TRITON_OLDEST)
+# Parity at every level and cell (the GPU's tiles; the interpreter's wide tiles are the newest
+# Triton's job), the multi-program persistent tests, packed input, projection, barrier recovery,
+# the interpreter differences (compat) and the AOT compile of the d2l/large builds.
+KERNEL_TESTS := tests/test_compat.py tests/test_lstm_triton.py tests/test_gru_rnn.py \
+	tests/test_persistent_multiprogram.py tests/test_packed.py tests/test_projection.py \
+	tests/test_barrier_recovery.py tests/test_aot_compile.py
 
-.PHONY: test bench lint setup clean
+.PHONY: test test-oldest bench lint setup clean
 
 setup: $(STAMP)
 
@@ -23,6 +36,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(STAMP_OLDEST): pyproject.toml Makefile
+	test -x $(PY_OLDEST) || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install --quiet --upgrade pip
+	$(PY_OLDEST) -m pip install --quiet "$(TORCH_SPEC)" "triton==$(TRITON_OLDEST)"
+	$(PY_OLDEST) -m pip install --quiet -e ".[dev]" "triton==$(TRITON_OLDEST)"
+	$(PY_OLDEST) -c "import triton; assert triton.__version__ == '$(TRITON_OLDEST)', triton.__version__"
+	touch $(STAMP_OLDEST)
+
 # The benchmark suite runs once inside the tests, at the tiny profile, through make bench's own
 # entry point (tests/test_bench_report.py), so it cannot rot. The tests run on pytest-xdist workers,
 # one per core (TEST_WORKERS=0: in this process), a whole file to a worker (--dist loadfile): the
@@ -32,8 +53,14 @@ $(STAMP): pyproject.toml Makefile
 # instead of last. (xdist_group/loadgroup would group finer, but it silently stopped grouping with
 # pytest 9.2: pytest-dev/pytest-xdist#1386.)
 TEST_WORKERS ?= auto
-test: $(STAMP)
+TEST_OLDEST = LSTM_TRITON_AOT=rated $(PY_OLDEST) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder -k "not interpreter-tiles" $(KERNEL_TESTS)
+test: $(STAMP) $(STAMP_OLDEST)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(TEST_OLDEST)
+
+test-oldest: $(STAMP_OLDEST)
+	$(TEST_OLDEST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -42,4 +69,4 @@ bench: $(STAMP)
 	$(PY) -m bench.run --out results $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .benchmarks *.egg-info
+	rm -rf $(VENV) $(VENV_OLDEST) results .pytest_cache .benchmarks *.egg-info

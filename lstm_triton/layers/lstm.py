@@ -92,7 +92,8 @@ def lstm(
     rows [i, f, g, o]; ``hx = (h0, c0)``, each ``(B, H)``, zeros if None. ``weight_hr (P, H)``: nn.LSTM's
     projection (proj_size P < H): then ``weight_hh`` is ``(4H, P)``, h0, h_n and the output have P
     features (cell or step level; ``auto``/``persistent`` resolve to step, reason in the debug log).
-    ``lengths`` (B integers in [0, T], any device; optional): row b runs only its first
+    ``lengths`` (B integers in [0, T]; optional; a list or CPU tensor costs no host read and reaches
+    the device once per pattern, a tensor already on the GPU is checked with one read): row b runs only its first
     ``lengths[b]`` steps — past them its output is 0, its state stays as it was (h_n, c_n are taken
     at its own last step) and no gradient flows through the padding, as ``nn.LSTM`` on the packed
     equivalent.
