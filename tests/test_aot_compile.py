@@ -73,7 +73,7 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
     import torch
 
     from lstm_triton.kernels.cell_math import GATES
-    from lstm_triton.kernels.launch_config import persistent_choices
+    from lstm_triton.kernels.launch_config import persistent_choices, persistent_precisions
     from lstm_triton.layers.kernel_report import _shape_picks, representative_persistent
 
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -93,9 +93,10 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
         built = {(c["BLOCK_B"], c["BLOCK_K"], c["BLOCK_K2"], c["SPLIT"], w, dt)
                  for c, w, dt in zip(rows["constexprs"], rows["num_warps"], rows["dtype"])}
         assert built == {(c.block_b, c.block_k, c.block_k2, c.split_k, c.num_warps, names[dt]) for c, dt in choices}
-        # forward and backward of each, fp32 twice (IEEE and TF32)
+        # forward and backward of each, in each precision it runs with (fp32: TF32, and IEEE up to K = 256)
+        precisions = persistent_precisions(arch, gates)
         kinds = {(k, json.dumps(c, sort_keys=True)) for k, c in zip(rows["kernel"], rows["constexprs"])}
-        assert len(kinds) == 2 * sum(2 if dt == torch.float32 else 1 for _, dt in choices), cell
+        assert len(kinds) == 2 * sum(len(precisions[key]) for key in choices), cell
         assert len(rows) >= len(kinds)
 
 

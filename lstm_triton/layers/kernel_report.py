@@ -33,6 +33,7 @@ from ..kernels.launch_config import (
     MAX_SPINS,
     PERSISTENT_MAX_HIDDEN,
     SM_COUNT,
+    PersistentConfig,
     persistent_choices,
     persistent_config,
     persistent_reduction_tiles,
@@ -149,7 +150,7 @@ def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: 
         saved["persistent_config"] = module.persistent_config
 
         def config(b_, h_, dt_, device=None, **kw):
-            return saved["persistent_config"](b_, h_, dt_, arch=major, **kw)
+            return saved["persistent_config"](b_, h_, dt_, arch=major, precision=precision, **kw)
         module.persistent_config = config
     if precision is not None and hasattr(module, "dot_precision"):
         saved["dot_precision"] = module.dot_precision
@@ -169,6 +170,9 @@ def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: 
                 backward(e(t, b, h), e(b, h), w, e(t + 1, b, h), e(t, b, SAVED[cell] * h), cell)
     except _Stop:
         pass
+    except ValueError as exc:  # the launcher refuses this shape (e.g. persistent under IEEE fp32 over K > 256)
+        if "cannot run" not in str(exc):
+            raise
     finally:
         for k, v in saved.items():
             setattr(module, k, v)
@@ -571,19 +575,18 @@ def planned_builds(arch: str, representative: bool = False, rated_only: bool = F
                         configs = set(steps) if cell == LSTM else {max(steps, key=lambda c: c.block_b * c.block_h)}
                     else:
                         configs = {c for c, d in representative_persistent(major, GATES[cell]) if d == dt}
-                for cfg, variants in launch_variants(level, cell, dt, arch, configs,
-                                                     exhaustive=not representative).items():
+                for variants in launch_variants(level, cell, dt, arch, configs,
+                                                exhaustive=not representative).values():
                     chosen = (_pick_variants(variants, least=level == "persistent") if representative
                               else list(variants.values()))
                     for build in chosen:
-                        if level == "persistent":
-                            programs = _choices(major, GATES[cell])[(cfg, dt)]
-                            build.max_programs, build.grid_fits_sms = programs, programs <= SM_COUNT[major]
                         plans.setdefault(_variant_key(build), build)
-    for build in plans.values():  # the rated builds, recorded first, also carry the grid facts
-        if build.level == "persistent" and not build.max_programs:
-            cfg = persistent_config(*build.example[:2], {v: k for k, v in TYPE.items()}[build.dtype], arch=major)[0]
-            programs = _choices(major, 4)[(cfg, {v: k for k, v in TYPE.items()}[build.dtype])]
+    for build in plans.values():  # the largest grid the launcher gives each persistent build's config
+        if build.level == "persistent":
+            c = build.constexprs
+            cfg = PersistentConfig(c["BLOCK_B"], c["BLOCK_H"], c["BLOCK_K"], build.num_warps, c["BLOCK_K2"], c["SPLIT"])
+            gates = GATES[c.get("CELL", LSTM)]
+            programs = _choices(major, gates)[(cfg, {v: k for k, v in TYPE.items()}[build.dtype])]
             build.max_programs, build.grid_fits_sms = programs, programs <= SM_COUNT[major]
     return list(plans.values())
 
