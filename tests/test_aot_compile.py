@@ -62,6 +62,7 @@ def test_every_launcher_configuration_compiles(builds, record_property):
 def test_persistent_grids_fit_the_sms_and_nothing_is_prefetched_across_the_barrier(builds):
     persistent = builds[builds["level"] == "persistent"]
     assert len(persistent) >= (4 if RATED else 8) and persistent["grid_fits_sms"].all()
+    assert (persistent["max_programs"] > 0).all()
     assert (persistent["num_stages"] == 1).all() and (persistent["cp_async"] == 0).all()
 
 

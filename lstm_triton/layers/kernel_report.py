@@ -558,12 +558,9 @@ def planned_builds(arch: str, representative: bool = False, rated_only: bool = F
 
     ``rated_only`` (``--rated``, ``LSTM_TRITON_AOT=rated``): only those rated builds."""
     major = int(arch.removeprefix("sm_")) // 10
-    rated = rated_builds(arch)
-    if rated_only:
-        return rated
-    plans = {_variant_key(b): b for b in rated}
+    plans = {_variant_key(b): b for b in rated_builds(arch)}
     dtypes = list(TYPE)
-    for level in ("cell", "step", "persistent"):
+    for level in () if rated_only else ("cell", "step", "persistent"):
         for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):
             for dt in dtypes:
                 configs = None
