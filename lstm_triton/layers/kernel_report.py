@@ -1,9 +1,15 @@
-"""Compile every kernel configuration the launchers can pick, ahead of time, for a GPU target,
-and report registers, spills, shared memory and tensor-core (MMA) instructions, plus the useful
-fraction of the multiply-adds the tiles compute at the d2l and large shapes (no GPU needed:
-ptxas and cuobjdump ship in the triton wheel).
+"""Compile the kernels the launchers run, ahead of time, for a GPU target, and report registers,
+spills, shared memory and tensor-core (MMA) instructions, plus the useful fraction of the
+multiply-adds the tiles compute at the d2l and large shapes (no GPU needed: ptxas and cuobjdump
+ship in the triton wheel).
 
-    python -m lstm_triton.layers.kernel_report --arch sm_90 [--json]
+    python -m lstm_triton.layers.kernel_report --arch sm_90 [--representative | --rated] [--json]
+
+Each row is a kernel a launch compiles: the launchers run on CPU tensors with their kernels
+replaced by recorders (:func:`capture_launches`), and each recorded launch is compiled with the
+signature, constants and divisibility attributes Triton's JIT derives from its arguments and the
+launch's options (:func:`specialise`, :func:`compile_build`). A build spills when ptxas gives it a
+stack frame or spill stores (``ptxas -v``; cuobjdump shows the frame as STACK, never as LOCAL).
 
 Must run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled); the CLI and the
 tests call it in a subprocess for that reason.
@@ -268,9 +274,10 @@ def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int) -> dic
         bs = _valuation_samples(1, 16) + _valuation_samples(17, 32) + _valuation_samples(97, 128)
         for h in hs:
             for b in bs:
-                cfg, _ = persistent_config(b, h, dtype, arch=major, gates=GATES[cell])
-                if cfg is not None:
-                    groups.setdefault(cfg, []).append((b, h))
+                for prec in ("tf32", "ieee") if dtype == torch.float32 else ("tf32",):  # IEEE: other tiles
+                    cfg, _ = persistent_config(b, h, dtype, arch=major, gates=GATES[cell], precision=prec)
+                    if cfg is not None and (b, h) not in groups.get(cfg, []):
+                        groups.setdefault(cfg, []).append((b, h))
     elif level == "step":
         bs = sorted({b for lo, hi in ((1, 16), (17, 32), (33, 64), (65, 128)) for b in _valuation_samples(lo, hi)})
         for b in bs:
@@ -281,6 +288,11 @@ def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int) -> dic
             for h in _valuation_samples(1, 16) + _valuation_samples(17, 32):
                 groups.setdefault(pointwise_config(b * h), []).append((b, h))
     return groups
+
+
+def _persistent_cfg(build: KernelBuild) -> PersistentConfig:
+    c = build.constexprs
+    return PersistentConfig(c["BLOCK_B"], c["BLOCK_H"], c["BLOCK_K"], build.num_warps, c["BLOCK_K2"], c["SPLIT"])
 
 
 def _extreme_shapes(shapes: list) -> list:
@@ -320,6 +332,8 @@ def launch_variants(level: str, cell: int, dtype: torch.dtype, arch: str, config
                     for prec in (None, "ieee") if dtype == torch.float32 and level != "cell" else (None,):
                         for fn, args, kwargs in capture_launches(level, direction, cell, b, h, t, dtype, major, prec):
                             build = _build_from_launch(level, fn, args, kwargs, arch, dtype, [b, h, t])
+                            if level == "persistent" and _persistent_cfg(build) != cfg:
+                                continue  # IEEE picks other tiles: that config's own sample shapes cover it
                             variants.setdefault(_variant_key(build), build)
     return out
 
@@ -580,10 +594,8 @@ def planned_builds(arch: str, representative: bool = False, rated_only: bool = F
                         plans.setdefault(_variant_key(build), build)
     for build in plans.values():  # the largest grid the launcher gives each persistent build's config
         if build.level == "persistent":
-            c = build.constexprs
-            cfg = PersistentConfig(c["BLOCK_B"], c["BLOCK_H"], c["BLOCK_K"], build.num_warps, c["BLOCK_K2"], c["SPLIT"])
-            gates = GATES[c.get("CELL", LSTM)]
-            programs = _choices(major, gates)[(cfg, {v: k for k, v in TYPE.items()}[build.dtype])]
+            gates = GATES[build.constexprs.get("CELL", LSTM)]
+            programs = _choices(major, gates)[(_persistent_cfg(build), {v: k for k, v in TYPE.items()}[build.dtype])]
             build.max_programs, build.grid_fits_sms = programs, programs <= SM_COUNT[major]
     return list(plans.values())
 
