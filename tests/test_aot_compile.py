@@ -96,7 +96,8 @@ def test_every_cell_type_has_its_reachable_persistent_set(builds):
         assert built == {(c.block_b, c.block_k, c.block_k2, c.split_k, c.num_warps, names[dt]) for c, dt in choices}
         # forward and backward of each, in each precision it runs with (fp32: TF32, and IEEE up to K = 256)
         precisions = persistent_precisions(arch, gates)
-        kinds = {(k, json.dumps(c, sort_keys=True)) for k, c in zip(rows["kernel"], rows["constexprs"])}
+        kinds = {(k, d, json.dumps(c, sort_keys=True))
+                 for k, d, c in zip(rows["kernel"], rows["dtype"], rows["constexprs"])}
         assert len(kinds) == 2 * sum(len(precisions[key]) for key in choices), cell
         assert len(rows) >= len(kinds)
 
