@@ -132,12 +132,12 @@ def step_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
         return StepConfig(block_b=block_b, block_h=wide, block_k=wide, num_warps=4)
     # Narrow hidden slices give more programs when the batch is small (the d2l shape has one
     # batch tile): 16 units -> H/16 programs.
-    block_h = 16 if batch <= 32 else 32
+    # fp32 keeps 16 units for B > 32 too: its 64 × 32 tile spilled on sm_80 with IEEE dots (step
+    # forward, LSTM and GRU: 208- and 120-byte stack frames, ptxas; the AOT report), and with 8 warps
+    # the plain RNN's did (8 bytes).
+    block_h = 16 if batch <= 32 or dtype == torch.float32 else 32
     block_k = 32 if dtype == torch.float32 else 64
-    # fp32's 64 × 32 tile with 4 warps spills on sm_80 with IEEE dots (step forward: 208-byte stack
-    # frame, ptxas; the AOT report); 8 warps hold it in 128 registers on sm_80 and sm_90.
-    num_warps = 8 if dtype == torch.float32 and block_b * block_h >= 64 * 32 else 4
-    return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=num_warps)
+    return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=4)
 
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
