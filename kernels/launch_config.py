@@ -132,7 +132,10 @@ def step_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
         return StepConfig(block_b=block_b, block_h=wide, block_k=wide, num_warps=4)
     # Narrow hidden slices give more programs when the batch is small (the d2l shape has one
     # batch tile): 16 units -> H/16 programs.
-    block_h = 16 if batch <= 32 else 32
+    # fp32 keeps 16 units for B > 32 too: its 64 × 32 tile spilled on sm_80 with IEEE dots (step
+    # forward, LSTM and GRU: 208- and 120-byte stack frames, ptxas; the AOT report), and with 8 warps
+    # the plain RNN's did (8 bytes).
+    block_h = 16 if batch <= 32 or dtype == torch.float32 else 32
     block_k = 32 if dtype == torch.float32 else 64
     return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=4)
 
@@ -165,7 +168,18 @@ except ImportError:  # pragma: no cover - non-NVIDIA builds of triton
 MAX_SPINS = 1 << 22  # barrier polls before a program gives up and flags a timeout (seconds, not a hang)
 PERSISTENT_MAX_HIDDEN = 1024
 PERSISTENT_BLOCK_H = 16  # hidden units per program: the most programs, the smallest W slice
-PERSISTENT_BATCH_TILES = (16, 32)  # rows per program: 16 for B ≤ 16, else 32 (see persistent_config)
+PERSISTENT_BATCH_TILES = (16, 32)  # rows per program: 16 for B ≤ 16, else 32 where it fits (persistent_config)
+# Registers (the AOT report, lstm-triton kernels: ptxas' stack frame and spill stores, sm_80 and sm_90).
+# A program holds its (BLOCK_B × K) operand tile of h (or dG) in registers each step: 32-row tiles
+# only while a row of it is at most 1.5 KB (fp32 K ≤ 384, bf16/fp16 K ≤ 768); beyond, the 32-row
+# builds spill (fp32 K = 512 backward 32 bytes, bf16 K = 1024: 40 bytes backward, 392 forward
+# unaligned), so 16-row tiles. For H > 128 not a multiple of 16 Triton cannot prove the rows'
+# alignment, loads them element by element with an address register each, and the build spills
+# (even with 16-row tiles: bf16 K = 1024 backward 360 bytes): those shapes run at the step level.
+# IEEE fp32 dots (TF32 off) run on the FMA units with larger register tiles: 16-row tiles, K ≤ 256.
+PERSISTENT_WIDE_ROW_BYTES = 1536
+PERSISTENT_UNALIGNED_MAX_REDUCTION = 128
+PERSISTENT_IEEE_MAX_REDUCTION = 256
 INTERPRETER_MAX_BATCH = 64  # interpreter tiles: one program, so all rows in one tile
 # Shared memory a persistent program may use, by compute-capability major: an H100/H200 block gets
 # at most 227 KB, an A100 block 163 KB; keep a margin. The compiler stages the W_hh slice and the
@@ -227,7 +241,8 @@ def _device_limits(device) -> tuple[int, int, int | None]:
 
 
 def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *, arch: int | None = None,
-                      sms: int | None = None, gates: int = 4) -> tuple[PersistentConfig | None, str]:
+                      sms: int | None = None, gates: int = 4,
+                      precision: str | None = None) -> tuple[PersistentConfig | None, str]:
     """The persistent launch for (B, H, dtype), or ``(None, reason)`` when it cannot hold it.
 
     ``gates``: the cell's gate blocks of W_hh (cell_math.GATES: LSTM 4, GRU 3, RNN 1), which sets
@@ -243,6 +258,11 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     so every GPU picks from the set the AOT test compiles. The grid must fit the SMs (the
     barrier needs every program resident) and the W slice plus the operand tile the
     shared-memory budget, else ``None``.
+
+    Spill-free builds only (see PERSISTENT_WIDE_ROW_BYTES): 32-row tiles only while a row of
+    the operand tile is ≤ 1.5 KB and the dots use tensor cores; H > 128 must be a multiple of 16;
+    IEEE fp32 dots (``precision``, default :func:`dot_precision`, what the launch will pass) only
+    up to K = 256.
 
     ``arch``/``sms`` override the device (AOT enumeration without a GPU). Under the
     interpreter with its own tiles: one program owns every row (B ≤ 64) and unit.
@@ -268,8 +288,16 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     sms = sms or SM_COUNT.get(arch, 108)
     budget = budget or SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
     elt = torch.finfo(dtype).bits // 8
-    block_b = PERSISTENT_BATCH_TILES[0] if batch <= PERSISTENT_BATCH_TILES[0] else PERSISTENT_BATCH_TILES[1]
     block_h, reduction = PERSISTENT_BLOCK_H, block_k + block_k2
+    if reduction > PERSISTENT_UNALIGNED_MAX_REDUCTION and hidden % 16:
+        return None, (f"H={hidden} > {PERSISTENT_UNALIGNED_MAX_REDUCTION} is not a multiple of 16: the rows of h "
+                      f"cannot be loaded as vectors and the persistent kernel's build for it spills registers")
+    ieee = (precision or dot_precision(dtype)) == "ieee"
+    if ieee and reduction > PERSISTENT_IEEE_MAX_REDUCTION:
+        return None, (f"IEEE fp32 dots (TF32 off) over K={reduction} > {PERSISTENT_IEEE_MAX_REDUCTION}: "
+                      "the persistent kernel's FMA tiles spill registers")
+    wide = not ieee and reduction * elt <= PERSISTENT_WIDE_ROW_BYTES
+    block_b = PERSISTENT_BATCH_TILES[1] if batch > PERSISTENT_BATCH_TILES[0] and wide else PERSISTENT_BATCH_TILES[0]
     n_h, n_b = triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)
     if n_h * n_b > sms:
         return None, (f"B={batch}, H={hidden}: {n_h} hidden slices × {n_b} batch tiles = {n_h * n_b} programs, "
@@ -295,17 +323,29 @@ def persistent_choices(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig
     (32-row tiles), and on H through its reduction tiles; B only adds batch tiles, up to
     SMs // hidden slices of them. No SM-count-dependent tile: on a GPU with other SM counts the
     launcher picks from this same set (or falls back to the step level)."""
+    return {key: programs for key, (programs, _) in _persistent_reach(arch, gates).items()}
+
+
+def persistent_precisions(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], set]:
+    """The dot precisions each (PersistentConfig, dtype) of :func:`persistent_choices` runs with
+    ("tf32" for bf16/fp16; fp32: "tf32" and, where IEEE dots are allowed, "ieee")."""
+    return {key: precisions for key, (_, precisions) in _persistent_reach(arch, gates).items()}
+
+
+def _persistent_reach(arch: int, gates: int) -> dict:
     sms = SM_COUNT[arch]
-    choices: dict[tuple[PersistentConfig, torch.dtype], int] = {}
+    reach: dict = {}
     for dt in DTYPES:
-        for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
-            n_h = triton.cdiv(h, PERSISTENT_BLOCK_H)
-            for b in (16, 32 * (sms // n_h)):  # the largest batch of each tile size that fits
-                cfg, _ = persistent_config(b, h, dt, arch=arch, sms=sms, gates=gates)
-                if cfg is not None:
-                    programs = n_h * triton.cdiv(b, cfg.block_b)
-                    choices[(cfg, dt)] = max(programs, choices.get((cfg, dt), 0))
-    return choices
+        for precision in ("tf32", "ieee") if dt == torch.float32 else ("tf32",):
+            for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
+                n_h = triton.cdiv(h, PERSISTENT_BLOCK_H)
+                # the largest batch of each tile size that fits
+                for b in (16, 16 * (sms // n_h), 32 * (sms // n_h)):
+                    cfg, _ = persistent_config(b, h, dt, arch=arch, sms=sms, gates=gates, precision=precision)
+                    if cfg is not None:
+                        programs, precisions = reach.get((cfg, dt), (0, set()))
+                        reach[(cfg, dt)] = (max(programs, n_h * triton.cdiv(b, cfg.block_b)), precisions | {precision})
+    return reach
 
 
 def reachable_persistent_configs(arch: int, gates: int = 4) -> list[tuple[PersistentConfig, torch.dtype]]:

@@ -95,7 +95,8 @@ def test_every_choice_is_in_the_enumerated_set_and_fits_the_sms(arch, gates):
                                          ("RNN_RELU", "persistent")])
 def test_the_gate_count_sizes_the_w_slice_and_auto_follows_it(cell, fusion, caplog):
     """B=32, H=1024, fp32 on sm_90: the LSTM's 4 gate blocks (256 KB) and GRU's 3 (192 KB) do not
-    fit one block's shared memory next to the operand tile, the plain RNN's one (64 KB) does; auto
+    fit one block's shared memory next to the operand tile, the plain RNN's one (64 KB) does (in 16-row
+    tiles: a 4 KB row of the operand is too wide for 32, so 2 tiles, 128 programs); auto
     picks persistent under the same rule for every cell type, else step, and logs why."""
     import logging
 
@@ -106,7 +107,7 @@ def test_the_gate_count_sizes_the_w_slice_and_auto_follows_it(cell, fusion, capl
     if fusion == "step":
         assert f"fusion auto -> step: {cell} B=32 H=1024" in caplog.text and "of shared memory" in caplog.text
     else:
-        assert f"fusion auto -> persistent: {cell} B=32 H=1024" in caplog.text and "64 programs" in caplog.text
+        assert f"fusion auto -> persistent: {cell} B=32 H=1024" in caplog.text and "128 programs" in caplog.text
 
 
 def test_fewer_gates_keep_a_smaller_slice_with_the_same_grid():
@@ -145,3 +146,29 @@ def test_concurrent_harness_gets_the_exact_sm90_grid(B, H):
     assert cfg == expected
     if cfg is not None:
         assert persistent_grid(B, H, cfg) == (triton.cdiv(H, 16), triton.cdiv(B, cfg.block_b))
+
+
+def test_configurations_whose_builds_spill_are_not_picked(caplog):
+    """The AOT report (ptxas' stack frame / spill stores) found these persistent builds spilling:
+    32-row tiles over rows wider than 1.5 KB, H > 128 not a multiple of 16 (no vector loads of h),
+    IEEE fp32 dots over K > 256. The launcher picks 16-row tiles or routes the shape to the step
+    level, and auto says why."""
+    import logging
+
+    from lstm_triton.layers.backend import choose_fusion
+
+    cfg, _ = persistent_config(32, 1024, torch.bfloat16, arch=9)  # 2 KB rows: two 16-row tiles
+    assert (cfg.block_b, persistent_grid(32, 1024, cfg)) == (16, (64, 2))
+    cfg, _ = persistent_config(32, 768, torch.bfloat16, arch=9)  # 1.5 KB rows: one 32-row tile
+    assert cfg.block_b == 32
+    for dt in DTYPES:
+        cfg, reason = persistent_config(16, 300, dt, arch=9)
+        assert cfg is None and "not a multiple of 16" in reason and "spills" in reason
+    assert persistent_config(16, 120, torch.float32, arch=9)[0] is not None  # K = 128: no spill unaligned
+    cfg, _ = persistent_config(32, 256, torch.float32, arch=9, precision="ieee")
+    assert cfg.block_b == 16
+    cfg, reason = persistent_config(16, 512, torch.float32, arch=9, precision="ieee")
+    assert cfg is None and "IEEE" in reason
+    with caplog.at_level(logging.DEBUG, logger="lstm_triton"):
+        assert choose_fusion("auto", 16, 300, torch.bfloat16, torch.device("cuda"), arch=9) == "step"
+    assert "fusion auto -> step" in caplog.text and "not a multiple of 16" in caplog.text

@@ -1,7 +1,7 @@
 """The persistent level with the GPU's exact tiles and several programs meeting at its barrier.
 
 Under the interpreter the programs run as co-resident threads (tests/multiprogram.py), each
-persistent grid sized as on sm_90 (H=40 -> 3 programs, H=300 -> 19). Parity with nn.LSTM in
+persistent grid sized as on sm_90 (H=40 -> 3 programs, H=304 -> 19). Parity with nn.LSTM in
 float64, forward and every gradient, outputs NaN-poisoned. On CUDA the harness is a no-op (real
 programs are co-resident) and the same parity tests run on the real grid.
 
@@ -35,7 +35,7 @@ from .multiprogram import concurrent_programs
 
 KERNELS = ("persistent_forward_kernel", "persistent_backward_kernel")
 RESCUES = ["rescue_forward_kernel", "rescue_backward_kernel"]
-PROGRAMS = {40: 3, 300: 19}  # hidden slices on sm_90: 16 units per program
+PROGRAMS = {40: 3, 304: 19}  # hidden slices on sm_90: 16 units per program
 FORWARD = ("output", "h_n", "c_n")  # GRU and RNN have no c_n
 RNN_CELLS = ("GRU", "RNN_TANH", "RNN_RELU")
 
@@ -78,8 +78,8 @@ PARITY = {  # (T, B, I, H, schedule seeds)
     "H40-B17-T5": (5, 17, 4, 40, [1, 2, None]),
     "H40-B64-T3": (3, 64, 5, 40, [3]),
     "H40-B1-T1": (1, 1, 3, 40, [4]),
-    "H300-19-programs-B1-T1": (1, 1, 3, 300, [5]),
-    "H300-B16-T3": (3, 16, 5, 300, [6]),  # B > 16 at H=300 in fp32 exceeds sm_90's shared memory: step
+    "H304-19-programs-B1-T1": (1, 1, 3, 304, [5]),
+    "H304-B16-T3": (3, 16, 5, 304, [6]),  # B > 16 at H=304 in fp32 exceeds sm_90's shared memory: step
 }
 
 
@@ -127,13 +127,13 @@ BROKEN = {"no-barrier": no_barrier, "one-arrival-short": barrier_one_arrival_sho
           "one-step-short": barrier_one_step_short}
 # (variant, T, B, I, H, seeds): every seed must expose the fault. T=6 leaves margin: sweeps of the
 # seeded schedule over 30-40 seeds caught every variant at T=4 (H=40) but missed one seed in 30
-# at H=300, T=4 (one arrival short, forward); a fault can only show at the T-1 inner barriers.
+# at H=304, T=4 (one arrival short, forward); a fault can only show at the T-1 inner barriers.
 # GRU and RNN (seeds 0-7 of each variant and phase swept at T=6, H=40, B=1: every one caught): the
 # subtlest fault for every cell type, the crudest for GRU.
 NEGATIVE = [
     *(("LSTM", variant, 6, 1, 3, 40, [0, 1, 2, 3]) for variant in BROKEN),
     ("LSTM", "one-arrival-short", 6, 17, 4, 40, [4, 5]),
-    ("LSTM", "one-arrival-short", 6, 1, 3, 300, [6, 7]),
+    ("LSTM", "one-arrival-short", 6, 1, 3, 304, [6, 7]),
     *((cell, "one-arrival-short", 6, 1, 3, 40, [i]) for i, cell in enumerate(RNN_CELLS)),
     ("GRU", "no-barrier", 6, 1, 3, 40, [3]),
 ]

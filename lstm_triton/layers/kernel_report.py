@@ -1,9 +1,15 @@
-"""Compile every kernel configuration the launchers can pick, ahead of time, for a GPU target,
-and report registers, spills, shared memory and tensor-core (MMA) instructions, plus the useful
-fraction of the multiply-adds the tiles compute at the d2l and large shapes (no GPU needed:
-ptxas and cuobjdump ship in the triton wheel).
+"""Compile the kernels the launchers run, ahead of time, for a GPU target, and report registers,
+spills, shared memory and tensor-core (MMA) instructions, plus the useful fraction of the
+multiply-adds the tiles compute at the d2l and large shapes (no GPU needed: ptxas and cuobjdump
+ship in the triton wheel).
 
-    python -m lstm_triton.layers.kernel_report --arch sm_90 [--json]
+    python -m lstm_triton.layers.kernel_report --arch sm_90 [--representative | --rated] [--json]
+
+Each row is a kernel a launch compiles: the launchers run on CPU tensors with their kernels
+replaced by recorders (:func:`capture_launches`), and each recorded launch is compiled with the
+signature, constants and divisibility attributes Triton's JIT derives from its arguments and the
+launch's options (:func:`specialise`, :func:`compile_build`). A build spills when ptxas gives it a
+stack frame or spill stores (``ptxas -v``; cuobjdump shows the frame as STACK, never as LOCAL).
 
 Must run with TRITON_INTERPRET unset (interpreted kernels cannot be compiled); the CLI and the
 tests call it in a subprocess for that reason.
@@ -12,6 +18,7 @@ tests call it in a subprocess for that reason.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -19,7 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import triton
@@ -27,13 +34,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..kernels import lstm_cell, lstm_persistent, lstm_step
-from ..kernels.cell_math import GATES, GRU, LSTM, RNN_RELU, RNN_TANH
+from ..kernels.cell_math import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, SAVED
 from ..kernels.launch_config import (
     MAX_SPINS,
+    PERSISTENT_MAX_HIDDEN,
     SM_COUNT,
-    dot_precision,
+    PersistentConfig,
     persistent_choices,
     persistent_config,
+    persistent_reduction_tiles,
+    pointwise_config,
     reachable_pointwise_configs,
     reachable_step_configs,
     step_config,
@@ -47,19 +57,11 @@ KERNELS = {fn.__name__: fn for fn in (
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory per block
 
 TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-# Which pointer arguments carry the input dtype (the rest are fp32 state/activations).
-DT_POINTERS = {
-    "cell_forward_kernel": {"hw_ptr", "y_ptr"},
-    "cell_backward_kernel": {"dh_rec_ptr", "dg_ptr"},
-    "step_forward_kernel": {"h_prev_ptr", "w_ptr", "y_ptr"},
-    "step_backward_kernel": {"dg_next_ptr", "w_ptr", "dg_ptr"},
-    "persistent_forward_kernel": {"w_ptr", "hbuf_ptr"},
-    "persistent_backward_kernel": {"w_ptr", "dg_last_ptr"},
-}
-INT_POINTERS = {"counter_ptr", "flag_ptr"}
-# The two shapes the report rates (B, H, dtype): the d2l char LM and the cuDNN comparison point.
+# The two shapes the report rates (B, H, dtype): the d2l char LM and the cuDNN comparison point;
+# RATED adds the sequence lengths they run with (d2l: num_steps 35).
 D2L = (32, 256, torch.float32)
 LARGE = (16, 768, torch.bfloat16)
+RATED = {"d2l_shape": (*D2L[:2], 35, D2L[2]), "large_shape": (*LARGE[:2], 1024, LARGE[2])}
 # SASS opcodes of tensor-core matrix multiplies: HMMA (mma.sync, fp16/bf16/tf32), HGMMA (sm_90
 # wgmma), IMMA/IGMMA (integer), DMMA (fp64), QGMMA (fp8).
 MMA_OPCODE = re.compile(r"\b(?:HMMA|HGMMA|IMMA|IGMMA|DMMA|QGMMA)\.")
@@ -69,24 +71,40 @@ PTX_MMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:mma\.sync|wgmma\.mma_async)\.", re
 
 @dataclass
 class KernelBuild:
+    """One compiled kernel: a launcher configuration (``constexprs``, ``num_warps``, ``num_stages``)
+    in one runtime specialisation (``signature``, ``specialised``, ``divisible``, ``options``: what
+    Triton's JIT derives from the arguments of a real launch, see :func:`specialise`), for ``arch``.
+    ``example`` is a (B, H, T) whose launch compiles exactly this build."""
+
     kernel: str
     level: str
     dtype: str
-    constexprs: dict
+    constexprs: dict  # the launcher's constexpr arguments (its meta): the configuration
     num_warps: int
     arch: str
     num_stages: int = 3  # Triton's default; the persistent launchers pass 1
+    signature: dict = field(default_factory=dict)  # argument -> Triton type ("constexpr" for specialised ones)
+    specialised: dict = field(default_factory=dict)  # int arguments the JIT turned into constants (== 1)
+    divisible: list = field(default_factory=list)  # arguments the JIT marked divisible by 16 (ints, pointers)
+    options: dict = field(default_factory=dict)  # other compile options of the launch (launch_cooperative_grid)
+    example: list = field(default_factory=list)  # [B, H, T] of a launch that compiles this build
     registers: int = -1
     cp_async: int = -1  # cp.async instructions in the PTX (prefetches; must be 0 across a grid barrier)
-    spill_bytes: int = -1  # local memory per thread (register spills)
-    stack_bytes: int = -1
+    # ptxas -v: "N bytes stack frame, M bytes spill stores, K bytes spill loads". A build spills when
+    # its stack frame or its spill stores are non-zero (spilled registers live in the stack frame;
+    # cuobjdump reports the frame as STACK, LOCAL stays 0).
+    spill_bytes: int = -1  # ptxas' spill stores (bytes per thread)
+    spill_loads: int = -1  # ptxas' spill loads
+    stack_bytes: int = -1  # the stack frame (ptxas; cuobjdump's STACK)
+    local_bytes: int = -1  # cuobjdump's LOCAL (local-memory arrays; not where spills go)
+    spills: bool = False  # stack_bytes > 0 or spill_bytes > 0
     shared_bytes: int = -1
     mma_instructions: int = -1  # tensor-core MMA instructions in the PTX (0: the dots run on the FMA units)
     # The same count in the SASS ptxas wrote: disassembled for the d2l/large rows only (-1 elsewhere;
     # ``--sass``: every row), where it shows ptxas kept every MMA the PTX asked for.
     sass_mma_instructions: int = -1
-    d2l_shape: bool = False  # the config picked for B=32, H=256, fp32 (default precision)
-    large_shape: bool = False  # the config picked for B=16, H=768, bf16
+    d2l_shape: bool = False  # the build a launch at B=32, H=256, T=35, fp32 (default precision) compiles
+    large_shape: bool = False  # the build a launch at B=16, H=768, T=1024, bf16 compiles
     # At the shape this row is picked for (d2l or large): real multiply-adds of the recurrent GEMM
     # (B·4H·H) over those the tiles compute, padding included; NaN for other rows and for the
     # cell level (its GEMM is torch's).
@@ -96,18 +114,231 @@ class KernelBuild:
     shared_fits: bool = True  # shared_bytes within what one block may use on this architecture
 
 
-def _signature(fn, dtype: torch.dtype) -> tuple[dict, dict]:
-    sig, attrs = {}, {}
-    for idx, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
-        if param.is_constexpr:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            kind = "i32" if name in INT_POINTERS else TYPE[dtype] if name in DT_POINTERS[fn.__name__] else "fp32"
-            sig[name] = "*" + kind
-            attrs[(idx,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
-        else:
-            sig[name] = "i32"
-    return sig, attrs
+# ----------------------------------------------------------------------------- runtime specialisation
+
+
+class _Stop(Exception):
+    """Raised by a recorder to stop a launcher after its last launch of interest."""
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel in a launcher module: ``kernel[grid](*args, **kwargs)``
+    records the call; after ``limit`` calls it stops the launcher (what follows is torch work)."""
+
+    def __init__(self, fn, sink: list, limit: int):
+        self.fn, self.sink, self.limit = fn, sink, limit
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.sink.append((self.fn, args, kwargs))
+            if len(self.sink) >= self.limit:
+                raise _Stop
+        return launch
+
+
+def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: int, steps: int,
+                     dtype: torch.dtype, major: int, precision: str | None = None) -> list[tuple]:
+    """The kernel launches (fn, args, kwargs) the launcher of ``level`` makes for one direction
+    (``forward``/``backward``) of a (T=steps, B=batch, H=hidden) sequence of ``cell``, recorded by
+    running the real launcher on CPU tensors with its kernels replaced by recorders. Fresh CPU
+    allocations are 64-byte aligned like CUDA ones (512), so every pointer the launcher offsets
+    (``xp[t]``, ``dG[T]``, the timeout flag behind the counters) has the alignment it has on a GPU.
+    The persistent launcher's device query is answered for ``major`` (sm_80: 8, sm_90: 9);
+    ``precision`` overrides the fp32 dot precision torch's settings give (``"ieee"``)."""
+    module = {"cell": lstm_cell, "step": lstm_step, "persistent": lstm_persistent}[level]
+    name = {"cell": "cell_", "step": "step_", "persistent": "persistent_"}[level] + direction + "_kernel"
+    sink: list = []
+    limit = 1 if level == "persistent" else steps
+    saved = {name: getattr(module, name)}
+    g, h, b, t = GATES[cell], hidden, batch, steps
+    setattr(module, name, _Recorder(saved[name], sink, limit))
+    if level == "persistent":
+        saved["persistent_config"] = module.persistent_config
+
+        def config(b_, h_, dt_, device=None, **kw):
+            return saved["persistent_config"](b_, h_, dt_, arch=major, precision=precision, **kw)
+        module.persistent_config = config
+    if precision is not None and hasattr(module, "dot_precision"):
+        saved["dot_precision"] = module.dot_precision
+        module.dot_precision = lambda dt: precision if dt == torch.float32 else saved["dot_precision"](dt)
+    try:
+        e = torch.empty  # the launchers only read shapes, dtypes and addresses here
+        w = e(g * h, h, dtype=dtype)
+        b_hh = None if cell == LSTM else e(g * h, dtype=dtype)
+        forward = {"cell": lstm_cell._forward_loop, "step": lstm_step._forward_loop,
+                   "persistent": lstm_persistent._forward}[level]
+        backward = {"cell": lstm_cell._backward_loop, "step": lstm_step._backward_loop,
+                    "persistent": lstm_persistent._backward}[level]
+        with torch.no_grad():
+            if direction == "forward":
+                forward(e(t, b, g * h), e(b, h, dtype=dtype), e(b, h), w, b_hh, cell)
+            else:  # as autograd calls it: dy in fp32, the forward's fp32 state and activations
+                backward(e(t, b, h), e(b, h), w, e(t + 1, b, h), e(t, b, SAVED[cell] * h), cell)
+    except _Stop:
+        pass
+    except ValueError as exc:  # the launcher refuses this shape (e.g. persistent under IEEE fp32 over K > 256)
+        if "cannot run" not in str(exc):
+            raise
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+    return sink
+
+
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid")
+
+
+def specialise(fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
+    """What Triton's JIT compiles for ``fn[grid](*args, **kwargs)``: (signature, constexprs by
+    argument path, attrs by argument path, compile options), with Triton's own rule
+    (``native_specialize_impl``, as ``JITFunction.run`` binds a launch in Triton 3.6 … 3.9): an int
+    equal to 1 becomes the constant 1, an int divisible by 16 and a pointer aligned to 16 bytes get
+    ``tt.divisibility = 16``, ``None`` is a constant; ``do_not_specialize`` arguments (T) get
+    nothing; constexpr parameters take the launch's value or their default."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import native_specialize_impl
+
+    options = {k: v for k, v in kwargs.items() if k in _OPTIONS}
+    bound = dict(zip(fn.arg_names, args))
+    bound.update({k: v for k, v in kwargs.items() if k not in _OPTIONS})
+    sig, consts, attrs = {}, {}, {}
+    for idx, p in enumerate(fn.params):
+        value = bound[p.name] if p.name in bound else p.default
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+            consts[(idx,)] = value
+            continue
+        ty, spec = native_specialize_impl(CUDABackend, value, p.is_const, not p.do_not_specialize,
+                                          not p.do_not_specialize_on_alignment)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            consts[(idx,)] = spec
+        elif spec:
+            attrs[(idx,)] = CUDABackend.parse_attr(spec)
+    return sig, consts, attrs, options
+
+
+def _build_from_launch(level: str, fn, args: tuple, kwargs: dict, arch: str, dtype: torch.dtype,
+                       example: list) -> KernelBuild:
+    sig, consts, attrs, options = specialise(fn, args, kwargs)
+    meta = {k: v for k, v in kwargs.items() if k not in _OPTIONS and k in sig and sig[k] == "constexpr"
+            and not k.endswith("_ptr")}
+    names = fn.arg_names
+    specialised = {names[i]: v for (i,), v in consts.items() if not fn.params[i].is_constexpr and v is not None}
+    divisible = sorted(names[i] for (i,) in attrs)
+    extra = {k: v for k, v in options.items() if k not in ("num_warps", "num_stages")}
+    return KernelBuild(fn.__name__, level, TYPE[dtype], meta, options.get("num_warps", 4), arch,
+                       num_stages=options.get("num_stages", 3), signature=sig, specialised=specialised,
+                       divisible=divisible, options=extra, example=list(example))
+
+
+def _variant_key(build: KernelBuild) -> tuple:
+    return (build.kernel, json.dumps(build.constexprs, sort_keys=True), build.num_warps, build.num_stages,
+            json.dumps(build.signature, sort_keys=True), json.dumps(build.specialised, sort_keys=True),
+            tuple(build.divisible), json.dumps(build.options, sort_keys=True))
+
+
+def _valuation_samples(lo: int, hi: int) -> list[int]:
+    """Integers of [lo, hi] covering what the specialisation can tell apart: 1, and for each
+    2-adic valuation 0, 1, 2, 3 and ≥ 4 (divisible by 16) the smallest such integer (small
+    buffers: the launchers run on CPU tensors here). Pointers are offset by products of B, H, t
+    and element sizes, so these valuations decide their 16-byte alignment as well."""
+    out = {1} if lo <= 1 <= hi else set()
+    for v in range(5):
+        for n in range(max(lo, 2), hi + 1):
+            if (n % 16 == 0) if v == 4 else (n % (1 << v) == 0 and n % (1 << (v + 1)) != 0):
+                out.add(n)
+                break
+    return sorted(out)
+
+
+# Sequence lengths whose (T-1, T) pairs take every 2-adic valuation 0 … 4 (the persistent
+# backward launcher offsets dy, c_all and dG by T-1 and T steps); the per-step launchers are
+# captured over 17 steps, t = 0 … 16.
+BACKWARD_STEPS = (1, 2, 3, 4, 5, 8, 9, 16, 17)
+LOOP_STEPS = 17
+
+
+def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int) -> dict:
+    """config -> [(B, H)]: sample shapes of each configuration the launcher picks, covering every
+    runtime specialisation it can compile (see :func:`_valuation_samples`)."""
+    groups: dict = {}
+    if level == "persistent":
+        ranges: dict = {}
+        for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
+            r = persistent_reduction_tiles(h)
+            ranges[r] = (min(ranges.get(r, (h, h))[0], h), h)
+        hs = sorted({h for lo, hi in ranges.values() for h in _valuation_samples(lo, hi)})
+        # batch tiles of 16 and of 32 rows; 1 and 4 tiles of 32 (the timeout flag sits behind one
+        # counter per tile: 16-byte aligned when the tiles are a multiple of 4)
+        bs = _valuation_samples(1, 16) + _valuation_samples(17, 32) + _valuation_samples(97, 128)
+        for h in hs:
+            for b in bs:
+                for prec in ("tf32", "ieee") if dtype == torch.float32 else ("tf32",):  # IEEE: other tiles
+                    cfg, _ = persistent_config(b, h, dtype, arch=major, gates=GATES[cell], precision=prec)
+                    if cfg is not None and (b, h) not in groups.get(cfg, []):
+                        groups.setdefault(cfg, []).append((b, h))
+    elif level == "step":
+        bs = sorted({b for lo, hi in ((1, 16), (17, 32), (33, 64), (65, 128)) for b in _valuation_samples(lo, hi)})
+        for b in bs:
+            for h in _valuation_samples(1, 64):
+                groups.setdefault(step_config(b, h, dtype), []).append((b, h))
+    else:  # the block depends on B·H only: B, H ≤ 32 reach every block (B·H > 512: the widest)
+        for b in _valuation_samples(1, 16) + _valuation_samples(17, 32):
+            for h in _valuation_samples(1, 16) + _valuation_samples(17, 32):
+                groups.setdefault(pointwise_config(b * h), []).append((b, h))
+    return groups
+
+
+def _persistent_cfg(build: KernelBuild) -> PersistentConfig:
+    c = build.constexprs
+    return PersistentConfig(c["BLOCK_B"], c["BLOCK_H"], c["BLOCK_K"], build.num_warps, c["BLOCK_K2"], c["SPLIT"])
+
+
+def _extreme_shapes(shapes: list) -> list:
+    """Of a configuration's sample shapes: the most divisible one (B and H multiples of 16 where
+    the configuration allows, 16 steps) and the least (odd B and H > 1, 3 steps): the variants
+    with every and with no size and pointer aligned, where one exists."""
+    def v(n):
+        return min((n & -n).bit_length() - 1, 4)
+    general = [(b, h) for b, h in shapes if b > 1 and h > 1] or shapes
+    most = max(general, key=lambda bh: (v(bh[0]) + v(bh[1]), bh))
+    least = min(general, key=lambda bh: (v(bh[0]) + v(bh[1]), bh))
+    return [(*most, 16), (*least, 3)]
+
+
+def launch_variants(level: str, cell: int, dtype: torch.dtype, arch: str, configs=None,
+                    exhaustive: bool = True) -> dict:
+    """config -> {variant key: KernelBuild}: every build the launchers of ``level`` compile for
+    ``cell`` and ``dtype`` on ``arch`` (both directions, the default dot precision and, for fp32,
+    IEEE too), over the sample shapes of :func:`_sample_shapes`; ``configs`` restricts it.
+    Without ``exhaustive`` only the launches at each configuration's most and least divisible
+    shape (:func:`_extreme_shapes`) are recorded: the representative set's quick path (recording
+    every sample shape runs the launchers thousands of times)."""
+    major = int(arch.removeprefix("sm_")) // 10
+    out: dict = {}
+    for cfg, shapes in _sample_shapes(level, cell, dtype, major).items():
+        if configs is not None and cfg not in configs:
+            continue
+        variants = out.setdefault(cfg, {})
+        runs = ([(b, h, None) for b, h in shapes] if exhaustive else _extreme_shapes(shapes))
+        for b, h, t_fixed in runs:
+            for direction in ("forward", "backward"):
+                steps = ((BACKWARD_STEPS if direction == "backward" else (1,)) if level == "persistent"
+                         else (LOOP_STEPS,))
+                if t_fixed is not None:
+                    steps = (t_fixed,)
+                for t in steps:
+                    for prec in (None, "ieee") if dtype == torch.float32 and level != "cell" else (None,):
+                        for fn, args, kwargs in capture_launches(level, direction, cell, b, h, t, dtype, major, prec):
+                            build = _build_from_launch(level, fn, args, kwargs, arch, dtype, [b, h, t])
+                            if level == "persistent" and _persistent_cfg(build) != cfg:
+                                continue  # IEEE picks other tiles: that config's own sample shapes cover it
+                            variants.setdefault(_variant_key(build), build)
+    return out
+
+
+# ----------------------------------------------------------------------------- compiling and reading
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:
@@ -140,29 +371,95 @@ def count_ptx_mma(ptx: str) -> int:
     return len(PTX_MMA.findall(ptx))
 
 
+PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_log(log: str) -> dict[str, int] | None:
+    """stack frame, spill stores and spill loads (bytes per thread; the largest over the functions
+    ptxas lists) from ``ptxas -v`` output, or None when it has no such line."""
+    found = PTXAS_FRAME.findall(log)
+    if not found:
+        return None
+    return {key: max(int(f[i]) for f in found) for i, key in enumerate(("stack", "spill_stores", "spill_loads"))}
+
+
+def _ptxas_record(cubin: bytes) -> str:
+    """Where the report keeps ptxas' numbers for a cubin (Triton's cache stores the cubin, not the
+    log): beside Triton's cache, keyed by the cubin's hash."""
+    import hashlib
+
+    cache = getattr(getattr(triton, "knobs", None), "cache", None)
+    root = getattr(cache, "dir", None) or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    return os.path.join(root, "lstm_triton_ptxas", hashlib.sha256(cubin).hexdigest() + ".json")
+
+
+def compile_with_ptxas_log(src, target, options: dict):
+    """``triton.compile`` plus ptxas' own stack-frame and spill numbers (``ptxas -v``, which Triton
+    runs on every cold compile and prints with ``knobs.nvidia.dump_ptxas_log``). On a Triton cache
+    hit ptxas does not run: the numbers come from the report's record of that cubin, and without
+    one the kernel is compiled once more with ``knobs.compilation.always_compile``."""
+    import contextlib
+    import io
+
+    from triton import knobs
+
+    def run(always: bool):
+        out = io.StringIO()
+        saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, always or saved[1]
+        try:
+            with contextlib.redirect_stdout(out):
+                compiled = triton.compile(src, target=target, options=options)
+        finally:
+            knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
+        return compiled, parse_ptxas_log(out.getvalue())
+
+    compiled, ptxas = run(False)
+    record = _ptxas_record(compiled.asm["cubin"])
+    if ptxas is None and os.path.exists(record):
+        with open(record) as f:
+            ptxas = json.load(f)
+    if ptxas is None:
+        compiled, ptxas = run(True)
+        record = _ptxas_record(compiled.asm["cubin"])
+    if ptxas is None:
+        raise RuntimeError("ptxas printed no stack frame / spill line")
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    tmp = f"{record}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(ptxas, f)
+    os.replace(tmp, record)
+    return compiled, ptxas
+
+
 def compile_build(build: KernelBuild, fn, sass: bool = False) -> KernelBuild:
-    """Compile ``build`` of the @triton.jit ``fn`` for its architecture and fill in what the report
-    reads from the PTX and the cubin; the SASS is disassembled for the d2l/large rows, or every row
-    with ``sass``."""
+    """Compile ``build`` of the @triton.jit ``fn`` for its architecture, exactly as its launch
+    does (the signature, constants and 16-divisibility attributes Triton's JIT derives from the
+    launch's arguments, the launch's options), and fill in what the report reads from ptxas, the
+    PTX and the cubin; the SASS is disassembled for the d2l/large rows, or every row with ``sass``."""
     major = int(build.arch.removeprefix("sm_"))
-    sig, attrs = _signature(fn, {v: k for k, v in TYPE.items()}[build.dtype])
-    # ASTSource does not apply a constexpr's default (a launch does): an unset CELL would compile
-    # another branch than the launchers run.
-    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
-    consts = {**defaults, **build.constexprs}
-    if consts.get("CELL", 0) == 0:  # the LSTM's launches leave GRU/RNN-only pointers (b_ptr) at None
-        for idx, p in enumerate(fn.params):
-            if p.has_default and p.default is None:
-                sig[p.name] = "constexpr"
-                consts[p.name] = None
-                attrs.pop((idx,), None)
-    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
-    options = {"num_warps": build.num_warps, "num_stages": build.num_stages}
-    compiled = triton.compile(src, target=GPUTarget("cuda", major, 32), options=options)
+    names = fn.arg_names
+    consts, attrs = {}, {}
+    for idx, p in enumerate(fn.params):
+        if build.signature[p.name] != "constexpr":
+            if p.name in build.divisible:
+                attrs[(idx,)] = [["tt.divisibility", 16]]
+            continue
+        if p.is_constexpr:
+            consts[(idx,)] = build.constexprs.get(p.name, p.default)
+        else:  # an int the JIT made a constant (1), or an argument left at None
+            consts[(idx,)] = build.specialised.get(p.name)
+    assert set(build.constexprs) <= set(names), build.constexprs
+    src = ASTSource(fn, dict(build.signature), constexprs=consts, attrs=attrs)
+    options = {"num_warps": build.num_warps, "num_stages": build.num_stages, **build.options}
+    compiled, ptxas = compile_with_ptxas_log(src, GPUTarget("cuda", major, 32), options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
     build.mma_instructions = count_ptx_mma(compiled.asm["ptx"])
     facts = cubin_facts(compiled.asm["cubin"], sass=sass or build.d2l_shape or build.large_shape)
-    build.registers, build.spill_bytes, build.stack_bytes = facts["REG"], facts["LOCAL"], facts["STACK"]
+    build.registers, build.local_bytes = facts["REG"], facts["LOCAL"]
+    build.stack_bytes = max(facts["STACK"], ptxas["stack"])
+    build.spill_bytes, build.spill_loads = ptxas["spill_stores"], ptxas["spill_loads"]
+    build.spills = build.stack_bytes > 0 or build.spill_bytes > 0
     build.shared_bytes = max(int(compiled.metadata.shared), facts["SHARED"])
     build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
     build.sass_mma_instructions = facts.get("SASS_MMA", -1)
@@ -184,17 +481,6 @@ def useful_mac_fraction(kernel: str, consts: dict, batch: int, hidden: int) -> f
     return batch * hidden * hidden / (padded_rows * padded_units * padded_k)
 
 
-def _shape_flags(kernel: str, dt: torch.dtype, prec: str, consts: dict, d2l_cfg, large_cfg, cfg) -> dict:
-    """d2l_shape / large_shape / useful_mac_fraction for one planned build."""
-    default = prec == dot_precision(dt)
-    flags = dict(d2l_shape=default and (cfg, dt) == (d2l_cfg, D2L[2]),
-                 large_shape=default and (cfg, dt) == (large_cfg, LARGE[2]))
-    for name, (b, h, _) in (("d2l_shape", D2L), ("large_shape", LARGE)):
-        if flags[name]:
-            flags["useful_mac_fraction"] = useful_mac_fraction(kernel, consts, b, h)
-    return flags
-
-
 def _shape_picks(major: int, gates: int) -> set:
     """The persistent configurations a cell of ``gates`` gate blocks runs at the d2l and large
     shapes, in every dtype (fp32, bf16, fp16)."""
@@ -212,7 +498,7 @@ def _resource_extremes(major: int, gates: int) -> set:
     slice (BLOCK_K + BLOCK_K2) with the widest batch tile, once with a one-part and once with a
     two-part (BLOCK_K2 > 0) reduction — where shared memory and registers run out first. fp16 has
     bf16's sizes and code (another 16-bit type), so its extremes add no new limit."""
-    choices = persistent_choices(major, gates)
+    choices = _choices(major, gates)
     extremes = set()
     for dt in (torch.float32, torch.bfloat16):
         for two_part in (False, True):
@@ -222,66 +508,96 @@ def _resource_extremes(major: int, gates: int) -> set:
     return extremes
 
 
+@functools.cache
+def _choices(major: int, gates: int) -> dict:
+    return persistent_choices(major, gates)
+
+
 def representative_persistent(major: int, gates: int) -> set:
     """The persistent configurations the tests compile for a cell of ``gates`` gate blocks: what
     the d2l and large shapes pick, and the resource extremes."""
     return _shape_picks(major, gates) | _resource_extremes(major, gates)
 
 
-def planned_builds(arch: str, representative: bool = False) -> list[KernelBuild]:
-    """A build for every configuration reachable from the launchers on ``arch``.
-
-    ``representative`` (what the tests compile, to keep a cold-cache ``make test`` within its
-    budget): of each cell type's persistent set only :func:`representative_persistent`; every step
-    build of the LSTM, and of the other cell types (the same skeleton, another CELL) the largest
-    tile per dtype; of the cell level only the widest block (1024 with 8 warps: the most elements
-    per thread, so the most registers; the narrower blocks run the same elementwise code). 176
-    builds on sm_90 and 172 on sm_80 instead of 612 and 576; ``lstm-triton kernels``
-    (``LSTM_TRITON_AOT=all`` in the tests) builds them all."""
+def rated_builds(arch: str) -> list[KernelBuild]:
+    """The builds a launch at the d2l shape (B=32, H=256, T=35, fp32, torch's default precision:
+    TF32) and at the large shape (B=16, H=768, T=1024, bf16) compiles at the step and persistent
+    levels, flagged ``d2l_shape``/``large_shape`` with their useful MAC fraction. T enters only
+    through pointer offsets, so the launch is recorded at 16 + T % 16 steps (the same 2-adic
+    valuations of T and T − 1 up to 16: the same alignments, without a 1024-step buffer)."""
     major = int(arch.removeprefix("sm_")) // 10
-    plans = []
-    pointwise = reachable_pointwise_configs()
-    for cfg in pointwise[-1:] if representative else pointwise:
-        for dt in TYPE:
-            for name in ("cell_forward_kernel", "cell_backward_kernel"):
-                # CELL (cell_math.py) unset is the LSTM; GRU and the two plain RNNs are their own builds.
-                for cell in ({}, {"CELL": GRU}, {"CELL": RNN_TANH}, {"CELL": RNN_RELU}):
-                    plans.append(KernelBuild(name, "cell", TYPE[dt], {"BLOCK": cfg.block, **cell}, cfg.num_warps, arch))
-    d2l_step, large_step = step_config(*D2L), step_config(*LARGE)
-    step_configs = reachable_step_configs()
-    largest_step = {dt: max((c for c, d in step_configs if d == dt), key=lambda c: c.block_b * c.block_h)
-                    for dt in {d for _, d in step_configs}}
-    for cfg, dt in step_configs:
-        precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
-        for prec in precisions:
-            consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k, "PRECISION": prec}
-            for name in ("step_forward_kernel", "step_backward_kernel"):
-                flags = _shape_flags(name, dt, prec, consts, d2l_step, large_step, cfg)
-                plans.append(KernelBuild(name, "step", TYPE[dt], dict(consts), cfg.num_warps, arch, **flags))
-                if representative and cfg != largest_step[dt]:
-                    continue  # the other cell types: the same skeleton, at its largest tile
-                for cell in (GRU, RNN_TANH, RNN_RELU):  # the rated shapes are the LSTM's: no flags
-                    plans.append(KernelBuild(name, "step", TYPE[dt], {**consts, "CELL": cell}, cfg.num_warps, arch))
-    d2l_cfg = persistent_config(*D2L, arch=major)[0]
-    large_cfg = persistent_config(*LARGE, arch=major)[0]
-    for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):  # each cell type has its own reachable set (its W slice)
-        choices = persistent_choices(major, GATES[cell])
-        wanted = representative_persistent(major, GATES[cell]) if representative else choices
-        for cfg, dt in sorted(choices, key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b)):
-            if (cfg, dt) not in wanted:
-                continue
-            precisions = ("ieee", "tf32") if dt == torch.float32 else (dot_precision(dt),)
-            for prec in precisions:
-                consts = {"BLOCK_B": cfg.block_b, "BLOCK_H": cfg.block_h, "BLOCK_K": cfg.block_k,
-                          "BLOCK_K2": cfg.block_k2, "SPLIT": cfg.split_k, "PRECISION": prec, "MAX_SPINS": MAX_SPINS,
-                          **({"CELL": cell} if cell != LSTM else {})}
-                for name in ("persistent_forward_kernel", "persistent_backward_kernel"):
-                    # the rated shapes are the LSTM's: GRU/RNN rows get no flags
-                    flags = _shape_flags(name, dt, prec, consts, d2l_cfg, large_cfg, cfg) if cell == LSTM else {}
-                    plans.append(KernelBuild(
-                        name, "persistent", TYPE[dt], dict(consts), cfg.num_warps, arch, num_stages=1, **flags,
-                        max_programs=choices[(cfg, dt)], grid_fits_sms=choices[(cfg, dt)] <= SM_COUNT[major]))
-    return plans
+    out = {}
+    for flag, (b, h, t, dt) in RATED.items():
+        for level in ("step", "persistent"):
+            for direction in ("forward", "backward"):
+                for fn, args, kwargs in capture_launches(level, direction, LSTM, b, h, 16 + t % 16, dt, major):
+                    build = _build_from_launch(level, fn, args, kwargs, arch, dt, [b, h, t])
+                    build = out.setdefault(_variant_key(build), build)
+                    setattr(build, flag, True)
+                    build.useful_mac_fraction = useful_mac_fraction(build.kernel, build.constexprs, b, h)
+    return list(out.values())
+
+
+def _pick_variants(variants: dict, least: bool) -> list[KernelBuild]:
+    """Of each (kernel, constexprs) of one configuration: the variant with the most arguments
+    divisible by 16 (sizes that are multiples of 16: what most runs compile) and, with ``least``,
+    also the one with the fewest (odd sizes: every pointer and size unaligned, no vector access)."""
+    groups: dict = {}
+    for build in variants.values():
+        groups.setdefault((build.kernel, json.dumps(build.constexprs, sort_keys=True)), []).append(build)
+    picked = []
+    for builds in groups.values():
+        general = [b for b in builds if not b.specialised] or builds
+        picked.append(max(general, key=lambda b: len(b.divisible)))
+        if least:
+            picked.append(min(general, key=lambda b: len(b.divisible)))
+    return picked
+
+
+def planned_builds(arch: str, representative: bool = False, rated_only: bool = False) -> list[KernelBuild]:
+    """Every build the launchers can compile on ``arch``: each configuration they pick
+    (:func:`launch_variants`), in each runtime specialisation a launch of it can get — Triton
+    specialises the int sizes (== 1, divisible by 16) and the pointers (16-byte aligned) of every
+    launch, so a configuration serving sizes that are and are not multiples of 16 is compiled
+    (and runs) as several kernels. ``lstm-triton kernels`` and ``LSTM_TRITON_AOT=all`` build them all.
+
+    ``representative`` (what ``make test`` compiles, to keep a cold Triton cache within its
+    budget): the configurations as before — every step configuration of the LSTM and the other cell
+    types' largest step tile per dtype, the cell level's widest block, and per cell type the
+    persistent configurations the d2l and large shapes pick plus those that hold the most on chip
+    (:func:`representative_persistent`) — each in its most-aligned variant (sizes multiples of 16,
+    the common case), and the persistent ones also in their least-aligned variant (odd sizes: no
+    vector loads, the most address registers), since the two spill differently; plus the exact
+    builds of the d2l and large launches (:func:`rated_builds`).
+
+    ``rated_only`` (``--rated``, ``LSTM_TRITON_AOT=rated``): only those rated builds."""
+    major = int(arch.removeprefix("sm_")) // 10
+    plans = {_variant_key(b): b for b in rated_builds(arch)}
+    dtypes = list(TYPE)
+    for level in () if rated_only else ("cell", "step", "persistent"):
+        for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):
+            for dt in dtypes:
+                configs = None
+                if representative:
+                    if level == "cell":
+                        configs = set(reachable_pointwise_configs()[-1:])
+                    elif level == "step":
+                        steps = [c for c, d in reachable_step_configs() if d == dt]
+                        configs = set(steps) if cell == LSTM else {max(steps, key=lambda c: c.block_b * c.block_h)}
+                    else:
+                        configs = {c for c, d in representative_persistent(major, GATES[cell]) if d == dt}
+                for variants in launch_variants(level, cell, dt, arch, configs,
+                                                exhaustive=not representative).values():
+                    chosen = (_pick_variants(variants, least=level == "persistent") if representative
+                              else list(variants.values()))
+                    for build in chosen:
+                        plans.setdefault(_variant_key(build), build)
+    for build in plans.values():  # the largest grid the launcher gives each persistent build's config
+        if build.level == "persistent":
+            gates = GATES[build.constexprs.get("CELL", LSTM)]
+            programs = _choices(major, gates)[(_persistent_cfg(build), {v: k for k, v in TYPE.items()}[build.dtype])]
+            build.max_programs, build.grid_fits_sms = programs, programs <= SM_COUNT[major]
+    return list(plans.values())
 
 
 def _compile_one(build: KernelBuild, sass: bool = False) -> KernelBuild:
@@ -289,16 +605,19 @@ def _compile_one(build: KernelBuild, sass: bool = False) -> KernelBuild:
 
 
 def build_all(arch: str = "sm_90", workers: int | None = None, representative: bool = False,
-              rated_only: bool = False, sass: bool = False) -> list[KernelBuild]:
+              rated_only: bool = False, sass: bool = False, levels=None, cells=None) -> list[KernelBuild]:
     """Compile every planned build, in parallel processes (each compile is single-threaded).
     ``rated_only``: only the builds the d2l and large shapes pick (``d2l_shape``/``large_shape``);
-    ``sass``: count the SASS MMAs of every build, not only of those."""
+    ``sass``: count the SASS MMAs of every build, not only of those; ``levels``/``cells``: only
+    those levels / cell types (cell_math ids)."""
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    plans = planned_builds(arch, representative)
-    if rated_only:
-        plans = [b for b in plans if b.d2l_shape or b.large_shape]
+    plans = planned_builds(arch, representative, rated_only)
+    if levels:
+        plans = [b for b in plans if b.level in levels]
+    if cells is not None:
+        plans = [b for b in plans if b.constexprs.get("CELL", LSTM) in cells]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(partial(_compile_one, sass=sass), plans))
 
@@ -310,7 +629,10 @@ def format_table(builds: list[KernelBuild]) -> str:
     df["constexprs"] = df["constexprs"].map(lambda d: " ".join(f"{k}={v}" for k, v in d.items()))
     df["shape"] = ["d2l" if d else "large" if g else "" for d, g in zip(df["d2l_shape"], df["large_shape"])]
     df["constexprs"] = df["constexprs"].str.replace(f" MAX_SPINS={MAX_SPINS}", "").str.replace(" BLOCK_K2=0", "")
-    cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "registers", "spill_bytes", "shared_bytes",
+    df["variant"] = [" ".join([f"{k}={v}" for k, v in sp.items()] + [f"/16:{','.join(d) or '-'}"])
+                     for sp, d in zip(df["specialised"], df["divisible"])]
+    cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "variant", "registers", "stack_bytes",
+            "spill_bytes", "spills", "shared_bytes",
             "shared_fits", "mma_instructions", "sass_mma_instructions", "max_programs", "grid_fits_sms", "shape",
             "useful_mac_fraction"]
     return df[cols].to_string(index=False)
@@ -324,13 +646,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="GRU/RNN persistent builds only where the d2l and large shapes land (the tests' set)")
     parser.add_argument("--rated", action="store_true",
                         help="only the builds the d2l and large shapes pick (the GPU check's SASS rows)")
+    parser.add_argument("--level", action="append", choices=("cell", "step", "persistent"),
+                        help="only this level (repeatable)")
+    parser.add_argument("--cell", action="append", choices=("lstm", "gru", "rnn_tanh", "rnn_relu"),
+                        help="only this cell type (repeatable)")
     parser.add_argument("--sass", action="store_true",
                         help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         print("lstm-triton kernels: error: unset TRITON_INTERPRET to compile for a GPU", file=sys.stderr)
         return 2
-    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated, sass=args.sass)
+    cells = None if not args.cell else {
+        {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}[c] for c in args.cell}
+    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated, sass=args.sass,
+                       levels=args.level, cells=cells)
     print(json.dumps([asdict(b) for b in builds]) if args.json else format_table(builds))
     return 0
 
