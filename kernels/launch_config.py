@@ -140,6 +140,17 @@ def step_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
     return StepConfig(block_b=block_b, block_h=block_h, block_k=block_k, num_warps=4)
 
 
+def rescue_config(batch: int, hidden: int, dtype: torch.dtype) -> StepConfig:
+    """Tiles of the persistent level's rescue kernels (lstm_step.rescue_*_kernel): one program per
+    batch tile runs the step level's tile for every hidden slice and step, its loop-carried
+    pointers on top of the tile's registers. They run only after a barrier timeout, so they take
+    the smallest tiles: the step level's 32-row fp32 tile left them an 8-32 byte stack frame on
+    sm_90 (ptxas), 16 × 16 none."""
+    if _interpreter_tiles():
+        return step_config(batch, hidden, dtype)
+    return StepConfig(block_b=16, block_h=16, block_k=32 if dtype == torch.float32 else 64, num_warps=4)
+
+
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

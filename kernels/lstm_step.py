@@ -23,7 +23,7 @@ from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
 from .device import on_tensor_device
-from .launch_config import dot_precision, step_config
+from .launch_config import dot_precision, rescue_config, step_config
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 
 # ----------------------------------------------------------------------------- kernels
@@ -255,8 +255,8 @@ def rescue_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _grid_and_meta(B: int, H: int, dtype: torch.dtype):
-    cfg = step_config(B, H, dtype)
+def _grid_and_meta(B: int, H: int, dtype: torch.dtype, config=step_config):
+    cfg = config(B, H, dtype)
     grid = (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_h))
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
                 PRECISION=dot_precision(dtype), num_warps=cfg.num_warps)
@@ -361,7 +361,7 @@ def rescue_forward(flag: torch.Tensor, xp: torch.Tensor, hbuf: torch.Tensor, w_h
     ``flag`` (int32, one element) is set; otherwise one tiny launch that reads it and exits."""
     T, B, GH = xp.shape
     H = GH // GATES[cell]
-    grid, meta = _grid_and_meta(B, H, w_hh.dtype)
+    grid, meta = _grid_and_meta(B, H, w_hh.dtype, rescue_config)
     if cell != LSTM:
         meta.update(CELL=cell, b_ptr=b_hh)
     rescue_forward_kernel[(grid[0],)](flag, xp, hbuf, w_hh, c_all, acts if SAVED[cell] else c_all, T, B, H, **meta)
@@ -372,7 +372,7 @@ def rescue_backward(flag: torch.Tensor, dy: torch.Tensor, acts: torch.Tensor, c_
     """After a persistent backward: the same for its buffers (``dG (T+1,B,W)`` with ``dG[T] = 0``;
     ``dc`` the carried gradient it wrote, ``dc_in`` its value before the launch)."""
     T, B, H = dy.shape
-    grid, meta = _grid_and_meta(B, H, w_hh.dtype)
+    grid, meta = _grid_and_meta(B, H, w_hh.dtype, rescue_config)
     if cell != LSTM:
         meta["CELL"] = cell
     rescue_backward_kernel[(grid[0],)](flag, dy[T - 1], acts[T - 1] if SAVED[cell] else dy[T - 1], c_all[T], dG[T],

@@ -8,6 +8,8 @@ has not seen (lengths patterns are cached on the device, as before a graph captu
 second call must do neither, forward or backward, for every cell, level and kind of input.
 """
 
+import sys
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -123,3 +125,65 @@ def test_lengths_on_the_host_are_still_checked():
     assert counted.seen == []
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=3\], got values from 1 to 4"):
         packed.check_lengths([4, 1], 3, 2, "cpu")
+
+
+# ----------------------------------------------------------------------------- the lengths cache
+
+
+def test_the_lengths_cache_is_shared_safely_by_threads():
+    """Four threads with more patterns than the cache keeps (an unlocked cache lost entries under
+    them: KeyError from its eviction)."""
+    import threading
+
+    from lstm_triton.layers import packed
+
+    errors = []
+
+    def worker(seed):
+        try:
+            for i in range(200):
+                t = packed.on_device(((seed * 7 + i) % 90, 1), "cpu")
+                assert t.tolist() == [(seed * 7 + i) % 90, 1]
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread is the finding
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show every run
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [] and len(packed._device_copies) <= packed.DEVICE_COPIES_KEPT + len(packed._captured)
+
+
+def test_a_pattern_used_in_a_graph_capture_is_never_evicted(monkeypatch):
+    from lstm_triton.layers import packed
+
+    monkeypatch.setattr(packed, "_captured", set())
+    monkeypatch.setattr(packed, "_capturing", lambda device: True)
+    kept = packed.on_device((5, 4, 3), "cpu")
+    monkeypatch.setattr(packed, "_capturing", lambda device: False)
+    for i in range(2 * packed.DEVICE_COPIES_KEPT):
+        packed.on_device((i, 0, 0), "cpu")
+    assert packed.on_device((5, 4, 3), "cpu") is kept  # the captured graph's address stays valid
+
+
+def test_compiling_does_not_guard_on_the_lengths_cache():
+    """Under torch.compile the lengths become a constant of the graph: a cache that changed between
+    two calls of the same pattern recompiled (dynamo guarded on its size)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    layer = lstm_triton.LSTM(3, 5, fusion="step", backend="triton")
+    counter = CompileCounter()
+    run = torch.compile(lambda x: layer(x, lengths=[4, 2])[0], backend=counter)
+    x = torch.randn(4, 2, 3)
+    run(x)
+    frames = counter.frame_count
+    layer(x, lengths=[3, 3])  # another pattern enters the cache eagerly
+    run(x)
+    assert counter.frame_count == frames

@@ -53,6 +53,7 @@ KERNELS = {fn.__name__: fn for fn in (
     lstm_cell.cell_forward_kernel, lstm_cell.cell_backward_kernel,
     lstm_step.step_forward_kernel, lstm_step.step_backward_kernel,
     lstm_persistent.persistent_forward_kernel, lstm_persistent.persistent_backward_kernel,
+    lstm_step.rescue_forward_kernel, lstm_step.rescue_backward_kernel,
 )}
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory per block
 
@@ -183,6 +184,58 @@ def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: 
         for k, v in saved.items():
             setattr(module, k, v)
     return sink
+
+
+def capture_rescue_launch(direction: str, cell: int, batch: int, hidden: int, steps: int, dtype: torch.dtype,
+                          precision: str | None = None) -> list[tuple]:
+    """The launch of the rescue kernel that follows every persistent launch (lstm_step.rescue_forward
+    / rescue_backward), recorded as :func:`capture_launches` records the others."""
+    name = f"rescue_{direction}_kernel"
+    sink: list = []
+    saved = {name: getattr(lstm_step, name)}
+    setattr(lstm_step, name, _Recorder(saved[name], sink, 1))
+    if precision is not None:
+        saved["dot_precision"] = lstm_step.dot_precision
+        lstm_step.dot_precision = lambda dt: precision if dt == torch.float32 else saved["dot_precision"](dt)
+    g, h, b, t, e = GATES[cell], hidden, batch, steps, torch.empty
+    flag, w = torch.zeros(1, dtype=torch.int32), e(g * h, h, dtype=dtype)
+    try:
+        with torch.no_grad():
+            if direction == "forward":
+                lstm_step.rescue_forward(flag, e(t, b, g * h), e(t + 1, b, h, dtype=dtype), w, e(t + 1, b, h),
+                                         e(t, b, SAVED[cell] * h), None if cell == LSTM else e(g * h), cell)
+            else:
+                width = 2 * g * h if cell == GRU else g * h
+                lstm_step.rescue_backward(flag, e(t, b, h), e(t, b, SAVED[cell] * h), e(t + 1, b, h),
+                                          e(t + 1, b, width, dtype=dtype), w, e(b, h), e(b, h), cell)
+    except _Stop:
+        pass
+    finally:
+        for k, v in saved.items():
+            setattr(lstm_step, k, v)
+    return sink
+
+
+# Shapes the rescue builds are recorded at: sizes that are multiples of 16 and sizes that are not
+# (the two specialisations, which spill differently); its tiles are fixed (launch_config.rescue_config).
+RESCUE_SHAPES = ((32, 256), (3, 40))
+
+
+def rescue_builds(arch: str, representative: bool = False) -> list[KernelBuild]:
+    """The rescue kernels' builds (``level`` "rescue"), forward and backward, at :data:`RESCUE_SHAPES`:
+    every cell type, dtype and (fp32) precision, or with ``representative`` the LSTM and GRU (the
+    most registers) in fp32 (default precision) and bf16 (fp16 has its code; RNN_RELU RNN_TANH's)."""
+    cells = (LSTM, GRU) if representative else (LSTM, GRU, RNN_TANH, RNN_RELU)
+    dtypes = (torch.float32, torch.bfloat16) if representative else tuple(TYPE)
+    builds = []
+    for cell in cells:
+        for dt in dtypes:
+            for prec in (None, "ieee") if dt == torch.float32 and not representative else (None,):
+                for b, h in RESCUE_SHAPES:
+                    for direction in ("forward", "backward"):
+                        for fn, args, kwargs in capture_rescue_launch(direction, cell, b, h, 5, dt, prec):
+                            builds.append(_build_from_launch("rescue", fn, args, kwargs, arch, dt, [b, h, 5]))
+    return builds
 
 
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid")
@@ -592,6 +645,9 @@ def planned_builds(arch: str, representative: bool = False, rated_only: bool = F
                               else list(variants.values()))
                     for build in chosen:
                         plans.setdefault(_variant_key(build), build)
+    if not rated_only:
+        for build in rescue_builds(arch, representative):
+            plans.setdefault(_variant_key(build), build)
     for build in plans.values():  # the largest grid the launcher gives each persistent build's config
         if build.level == "persistent":
             gates = GATES[build.constexprs.get("CELL", LSTM)]

@@ -25,6 +25,7 @@ starts at each row's own end (:func:`reverse_padded`).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -35,23 +36,35 @@ _INF = float("inf")
 
 # Lengths given on the host, copied to a device once per distinct content (least recently used
 # first out): a training loop or a CUDA graph replays the same few patterns, and a copy to the
-# device per call would serialise launches and cannot be captured.
+# device per call would serialise launches and cannot be captured. A pattern used while a CUDA graph
+# is captured stays (the graph reads its address on every replay). Shared by threads: one lock.
 _device_copies: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_captured: set[tuple] = set()
+_lock = threading.Lock()
 DEVICE_COPIES_KEPT = 64
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def on_device(values: tuple[int, ...], device) -> torch.Tensor:
     """``values`` as an int64 (B,) tensor on ``device``, from the cache when it holds them (never
-    written to: callers only read it)."""
-    key = (torch.device(device), values)
-    cached = _device_copies.get(key)
-    if cached is None:
-        cached = torch.tensor(values, dtype=torch.int64, device=device)
-        _device_copies[key] = cached
-        if len(_device_copies) > DEVICE_COPIES_KEPT:
-            _device_copies.popitem(last=False)
-    else:
+    written to: callers only read it). Under ``torch.compile`` a constant of the graph instead."""
+    device = torch.device(device)
+    if torch.compiler.is_compiling():  # dynamo would guard on the cache's contents and recompile
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    key = (device, values)
+    with _lock:
+        cached = _device_copies.get(key)
+        if cached is None:
+            cached = torch.tensor(values, dtype=torch.int64, device=device)
+            _device_copies[key] = cached
         _device_copies.move_to_end(key)
+        if _capturing(device):
+            _captured.add(key)
+        for old in [k for k in _device_copies if k not in _captured][:max(0, len(_device_copies) - DEVICE_COPIES_KEPT)]:
+            del _device_copies[old]
     return cached
 
 
@@ -97,10 +110,10 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
             raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(values)} to {max(values)}")
         return on_device(values, device)
     t = t.to(device=device, dtype=torch.int64)
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if _capturing(device):
         return t.clamp(0, T)
     if B:
-        low, high = int(t.min()), int(t.max())  # the one host read: lengths that live on the device
+        low, high = torch.stack([t.min(), t.max()]).tolist()  # the one host read: lengths on the device
         if low < 0 or high > T:
             raise ValueError(f"lengths must lie in [0, T={T}], got values from {low} to {high}")
     return t
