@@ -1,5 +1,7 @@
 """Shared helpers for the tests."""
 
+import functools
+
 import torch
 from torch import nn
 
@@ -8,6 +10,22 @@ import lstm_triton
 # Where the Triton kernels run: CUDA when present, else CPU tensors under TRITON_INTERPRET=1.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@functools.cache
+def nn_lstm_runs_bf16_on_cpu() -> bool:
+    """Whether nn.LSTM's CPU bf16 kernel (oneDNN) runs on this CPU: it needs AVX-512 (BF16) or AMX;
+    elsewhere (e.g. an AMD EPYC without AVX-512) it refuses some bf16-autocast calls ("could not
+    create a primitive descriptor") and runs others in fp32. Tests that read nn's dtypes there
+    compare with nn's documented autocast rule (AVX-512 CPUs, cuDNN) instead."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nn.LSTM(3, 5)(torch.randn(4, 2, 3))
+    except RuntimeError as err:
+        if "primitive descriptor" not in str(err):
+            raise
+        return False
+    return True
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

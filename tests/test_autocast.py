@@ -18,30 +18,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import lstm_triton
 
-from .helpers import DEVICE, rel_err
+from .helpers import DEVICE, nn_lstm_runs_bf16_on_cpu, rel_err
 
 LEVELS = ["cell", "step", "persistent"]
 KIND = "cuda" if DEVICE == "cuda" else "cpu"
 TOL = 1e-2  # bf16/fp16 against float64 (DESIGN.md, testing conventions)
 
 
-def _nn_lstm_runs_bf16_here() -> bool:
-    """Whether nn.LSTM's CPU bf16 kernel (oneDNN) runs on this CPU: it needs AVX-512 (BF16) or AMX,
-    and on others (e.g. an AMD EPYC without AVX-512) refuses with "could not create a primitive
-    descriptor". Where it cannot, the tests compare with nn's documented autocast rule instead."""
-    if KIND != "cpu":
-        return True
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            nn.LSTM(3, 5)(torch.randn(4, 2, 3))
-    except RuntimeError as err:
-        if "primitive descriptor" not in str(err):
-            raise
-        return False
-    return True
-
-
-NN_BF16 = _nn_lstm_runs_bf16_here()
+NN_BF16 = KIND != "cpu" or nn_lstm_runs_bf16_on_cpu()
 
 
 def _rule_dtypes(out: dict, grads: dict, leaves: dict, amp_dtype) -> tuple[dict, dict]:

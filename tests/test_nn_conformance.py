@@ -35,7 +35,7 @@ from .conformance_helpers import (
     raised,
     randn,
 )
-from .helpers import DEVICE
+from .helpers import DEVICE, nn_lstm_runs_bf16_on_cpu
 
 
 @pytest.fixture(autouse=True)
@@ -688,8 +688,12 @@ def test_autocast_output_dtypes_match_nn_lstm():
     ours, ref = make_pair(5, 6)
     _, ref32 = make_pair(5, 6, ref_dtype=torch.float32)
     x = randn(3, 2, 5, seed=1)
+    # a CPU without oneDNN's bf16 LSTM refuses this call in nn: the rule (the autocast dtype) is what
+    # nn gives on every other CPU
+    nn_runs = DEVICE != "cpu" or nn_lstm_runs_bf16_on_cpu()
     with torch.autocast(DEVICE, dtype=low):
-        out, expected = ours(x), ref32(x)
+        out = ours(x)
+        expected = ref32(x) if nn_runs else (torch.empty(0, dtype=low), (torch.empty(0, dtype=low),) * 2)
     exact = ref(x.double())
     for name, a, e, r in zip(("output", "h_n", "c_n"), (out[0], *out[1]), (expected[0], *expected[1]),
                              (exact[0], *exact[1])):
