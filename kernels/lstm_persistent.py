@@ -363,9 +363,11 @@ def _check_barrier(flag: torch.Tensor) -> None:
     timeout; the results are right either way (the rescue kernel recomputed them). Off by default:
     no host read per call, so the layer can be captured in a CUDA graph."""
     global barrier_timeouts
+    if not CHECK_BARRIER_ON_HOST:
+        return
     if flag.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return  # no host read inside a CUDA graph capture: the rescue kernel still guards the result
-    if CHECK_BARRIER_ON_HOST and int(flag.item()) != 0:
+    if int(flag.item()) != 0:
         barrier_timeouts += 1
         log.warning("persistent level: a grid barrier timed out (programs not co-resident); the call was "
                     "recomputed at the step level")

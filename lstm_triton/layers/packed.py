@@ -63,9 +63,18 @@ def on_device(values: tuple[int, ...], device) -> torch.Tensor:
         _device_copies.move_to_end(key)
         if _capturing(device):
             _captured.add(key)
-        for old in [k for k in _device_copies if k not in _captured][:max(0, len(_device_copies) - DEVICE_COPIES_KEPT)]:
-            del _device_copies[old]
+        excess = len(_device_copies) - DEVICE_COPIES_KEPT
+        if excess > 0:  # least recently used first, never a pattern a captured graph reads
+            for old in [k for k in _device_copies if k not in _captured][:excess]:
+                del _device_copies[old]
     return cached
+
+
+def _checked_on_device(values: tuple[int, ...], T: int, device: torch.device) -> torch.Tensor:
+    """Host lengths checked against [0, T] on the host, then :func:`on_device`."""
+    if values and (min(values) < 0 or max(values) > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(values)} to {max(values)}")
+    return on_device(values, device)
 
 
 def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor:
@@ -84,12 +93,11 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
         raise ValueError(f"lengths must hold values: got a meta tensor (shape only) for an input on {device}")
     on_host = not torch.is_tensor(lengths) or lengths.device.type == "cpu"
     if isinstance(lengths, (list, tuple)) and all(type(v) is int for v in lengths) and device.type != "meta":
-        if len(lengths) != B:  # plain Python ints: checked without making a tensor
+        values = tuple(lengths)  # plain Python ints: checked without making a tensor
+        if len(values) != B:
             raise ValueError(f"lengths must be a 1-D sequence of {B} integers (one per batch row), got shape "
-                             f"({len(lengths)},)")
-        if lengths and (min(lengths) < 0 or max(lengths) > T):
-            raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(lengths)} to {max(lengths)}")
-        return on_device(tuple(lengths), device)
+                             f"({len(values)},)")
+        return _checked_on_device(values, T, device)
     try:
         t = torch.as_tensor(lengths) if not torch.is_tensor(lengths) else lengths
     except (TypeError, ValueError, RuntimeError):
@@ -105,10 +113,7 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> torch.Tensor
     if device.type == "meta":
         return t.to(device=device, dtype=torch.int64)
     if on_host:
-        values = tuple(t.tolist())
-        if values and (min(values) < 0 or max(values) > T):
-            raise ValueError(f"lengths must lie in [0, T={T}], got values from {min(values)} to {max(values)}")
-        return on_device(values, device)
+        return _checked_on_device(tuple(t.tolist()), T, device)
     t = t.to(device=device, dtype=torch.int64)
     if _capturing(device):
         return t.clamp(0, T)
