@@ -40,10 +40,12 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int = 32, seed: int = 3,
                    device: str = "cpu", *, cell: str = "lstm", nonlinearity: str = "tanh",
-                   prepare=None) -> torch.Tensor:
+                   prepare=None, compile_mode: str | None = None) -> torch.Tensor:
     """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches;
     the per-step losses. Weights depend only on ``seed`` (and the cell), so every impl starts
-    identical. ``prepare(model)``, if given, runs on the model before training."""
+    identical. ``prepare(model)``, if given, runs on the model before training; ``compile_mode``
+    trains through ``torch.compile(model, mode=compile_mode)`` (the carried state is cloned: CUDA
+    graphs overwrite their outputs on the next replay)."""
     from lstm_triton.charlm.impls import build_char_lm
     from lstm_triton.charlm.model import detach_state
     from lstm_triton.charlm.train import clip_gradients
@@ -56,8 +58,11 @@ def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int
         prepare(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     state, losses = model.begin_state(8, device), []
+    run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
     for X, Y in zip(batches, batches[1:]):
-        logits, state = model(X.to(device), detach_state(state))
+        logits, state = run(X.to(device), detach_state(state))
+        if compile_mode is not None:
+            state = tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
         loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1).to(device))
         opt.zero_grad()
         loss.backward()

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_triton
 
-from .helpers import rel_err
+from .helpers import char_lm_losses, rel_err
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")]
@@ -89,28 +89,6 @@ def test_captured_forward_and_backward_replay_to_eager(name, fusion, kind):
 
 
 def test_reduce_overhead_compile_trains_the_char_lm_as_eager():
-    from lstm_triton.charlm.impls import build_char_lm
-    from lstm_triton.charlm.model import detach_state
-    from lstm_triton.charlm.train import clip_gradients
-
-    def losses(compiled: bool):
-        torch.manual_seed(0)
-        gen = torch.Generator().manual_seed(0)
-        batches = [torch.randint(0, 28, (32, 35), generator=gen).cuda() for _ in range(7)]
-        model = build_char_lm("triton", 28, 256, seed=3, device="cuda")
-        run = torch.compile(model, mode="reduce-overhead") if compiled else model
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        state, out = model.begin_state(32, "cuda"), []
-        for X, Y in zip(batches, batches[1:]):
-            logits, state = run(X, detach_state(state))
-            state = tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
-            loss = torch.nn.functional.cross_entropy(logits, Y.T.reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            clip_gradients(model, 1.0)
-            opt.step()
-            out.append(loss.item())
-        return torch.tensor(out, dtype=torch.float64)
-
-    eager, compiled = losses(False), losses(True)
+    eager = char_lm_losses("triton", steps=6, hidden=256, device="cuda")
+    compiled = char_lm_losses("triton", steps=6, hidden=256, device="cuda", compile_mode="reduce-overhead")
     assert float(((compiled - eager).abs() / eager).max()) <= 1e-4
