@@ -5,6 +5,10 @@ backend ``auto``: Triton on CUDA tensors, and on CPU tensors when the Triton int
 without the interpreter is a ValueError. Every decision is logged at DEBUG level on the
 ``lstm_triton`` logger with its reason.
 
+During ONNX export (either exporter: ``torch.onnx.is_in_onnx_export()``) every request resolves to
+``torch``: an ONNX graph cannot hold a Triton kernel, and torch's recurrence is what both exporters
+turn into ONNX's own LSTM / GRU / RNN operators, as they do for nn's layers.
+
 A configuration the kernels cannot compute correctly never runs: it is refused with an error
 that says what to use instead, or routed to a level that can (with the reason in the log).
 Under the interpreter there is no bf16 ``tl.dot`` (numpy has no bfloat16), so bf16 at the step
@@ -19,6 +23,7 @@ import torch
 
 from ..kernels.cell_math import CELL_IDS, GATES
 from ..kernels.launch_config import interpreter_on, persistent_config
+from .export import in_onnx_export
 
 log = logging.getLogger("lstm_triton")
 
@@ -41,8 +46,13 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 def choose_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Resolve ``auto``; raise ValueError when ``triton`` cannot run on this device/dtype."""
+    """Resolve ``auto``; raise ValueError when ``triton`` cannot run on this device/dtype. ``torch``
+    whatever was requested while an ONNX exporter traces the call (see the module docstring)."""
     check_choice("backend", requested, BACKENDS)
+    if in_onnx_export():
+        _debug("backend %s -> torch: ONNX export (exported as ONNX's recurrent operator, as nn's layers are)",
+               requested)
+        return "torch"
     triton_ok = device.type == "cuda" or (device.type == "cpu" and interpreter_on())
     if requested == "triton":
         if not triton_ok:

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..kernels.cell_math import CELL_IDS, GATES
 from . import packed
 from .backend import BACKENDS, FUSIONS, check_choice, choose_backend
+from .export import check_onnx_exportable, in_onnx_export, refuse_torchscript
 
 EMPTY_SEQUENCE = "Expected sequence length to be larger than 0 in RNN"  # nn's RuntimeError
 
@@ -135,6 +136,8 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     (biases exactly ``(gate_rows,)``, on every backend, so that no call depends on broadcasting),
     T > 0 and dtypes (after autocast) with nn's errors; fills a missing bias of a pair with zeros
     (``gate_rows`` long). Returns ``(input, states tuple, weights dict, backend, lengths, autocast on)``."""
+    if in_onnx_export():  # what ONNX cannot hold fails here, with a line that says so (export.py)
+        check_onnx_exportable(0 if weights.get("weight_hr") is None else weights["weight_hr"].shape[0], lengths)
     _check_parameter_devices(input, weights.values())
     for name in ("bias_ih", "bias_hh"):  # the kernels read gate_rows values from the pointer: never broadcast
         b = weights[name]
@@ -175,6 +178,9 @@ class FusedRNNMixin:
         self.fusion = fusion
         self.backend = backend
 
+    def __prepare_scriptable__(self):
+        refuse_torchscript(self)  # torch.jit.script: one line naming trace / compile / export (export.py)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fusion={self.fusion!r}, backend={self.backend!r}"
 
@@ -190,6 +196,8 @@ class FusedRNNMixin:
             raise ValueError("lengths: pass it with a padded, batched 3-D input tensor (a PackedSequence carries "
                              "its own lengths)")
         self._check_hx_count(hx)
+        if in_onnx_export():  # what ONNX cannot hold fails here, with a line that says so (export.py)
+            check_onnx_exportable(self.proj_size, lengths)
         # set at construction, but a plain attribute: a later `layer.fusion = ...` is checked here,
         # not deep in the operator under the LSTM's name
         check_choice("fusion", self.fusion, FUSIONS)
