@@ -7,9 +7,12 @@
 ``backend.py``                        the one place that picks the backend (triton / torch) and fusion level
 ``packed.py``                         PackedSequence and ``lengths=`` on the fused recurrence
 ``kernel_report.py``                  ahead-of-time sm_80 / sm_90 builds: registers, spills, shared memory
+``export.py``                         what ONNX export and torch.jit.script see of the layers
+``quantize.py``                       dynamic quantization (quantize_dynamic) of LSTM and GRU
 """
 
 from .gru_rnn import GRU, RNN, gru, rnn
 from .lstm import LSTM, lstm
+from .quantize import register_dynamic_quantization  # noqa: F401  (importing it registers LSTM and GRU)
 
 __all__ = ["GRU", "LSTM", "RNN", "gru", "lstm", "rnn"]
