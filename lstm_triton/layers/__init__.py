@@ -6,9 +6,11 @@
 ``autograd.py`` / ``rnn_autograd.py`` their autograd, and the differentiable torch backward
 ``backend.py``                        the one place that picks the backend (triton / torch) and fusion level
 ``packed.py``                         PackedSequence and ``lengths=`` on the fused recurrence
+``serialization.py``                  the layers as safe globals of torch.load's default ``weights_only=True``
 ``kernel_report.py``                  ahead-of-time sm_80 / sm_90 builds: registers, spills, shared memory
 """
 
+from . import serialization  # noqa: F401  (registers the modules with torch.load's weights-only unpickler)
 from .gru_rnn import GRU, RNN, gru, rnn
 from .lstm import LSTM, lstm
 
