@@ -15,10 +15,10 @@ __version__ = "0.1.0"
 
 from .charlm import CharData, CharLM, NaiveLSTM, TrainConfig, Trainer, from_nn_lstm, predict, to_nn_lstm  # noqa: E402,I001
 from .charlm.train import train  # noqa: E402
-from .layers import GRU, LSTM, RNN, gru, lstm, rnn  # noqa: E402
+from .layers import GRU, LSTM, RNN, gru, lstm, patch, rnn, unpatch  # noqa: E402
 
 __all__ = [
-    "GRU", "LSTM", "RNN", "gru", "lstm", "rnn",
+    "GRU", "LSTM", "RNN", "gru", "lstm", "rnn", "patch", "unpatch",
     "CharData", "CharLM", "NaiveLSTM", "Trainer", "TrainConfig", "__version__",
     "from_nn_lstm", "predict", "to_nn_lstm", "train",
 ]

@@ -21,6 +21,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
 import lstm_triton
 
 from .helpers import DEVICE, rel_err
+from .word_lm import WordLM
 
 TORCH_OF = {lstm_triton.LSTM: nn.LSTM, lstm_triton.GRU: nn.GRU, lstm_triton.RNN: nn.RNN}
 
@@ -36,23 +37,6 @@ LAYERS = {
 CLASS_OF = {"lstm": lstm_triton.LSTM, "gru": lstm_triton.GRU, "rnn": lstm_triton.RNN}
 
 
-class WordLM(nn.Module):
-    """PyTorch's examples/word_language_model RNNModel, cut to its shape: embedding, dropout, a
-    2-layer recurrent layer with dropout, dropout, a decoder whose weight is the embedding's."""
-
-    def __init__(self, rnn: nn.Module, ntoken: int = 11):
-        super().__init__()
-        self.drop = nn.Dropout(0.2)
-        self.encoder = nn.Embedding(ntoken, rnn.input_size)
-        self.rnn = rnn
-        self.decoder = nn.Linear(rnn.hidden_size, ntoken)
-        self.decoder.weight = self.encoder.weight
-
-    def forward(self, tokens, hidden=None):
-        output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)
-        return self.decoder(self.drop(output)), hidden
-
-
 def _layer(case: str, ours: bool):
     torch.manual_seed(0)
     cls = CLASS_OF[case.split("-")[0]]
@@ -63,7 +47,7 @@ def _layer(case: str, ours: bool):
 # Models built from nn parts around one recurrent layer; ``layer`` is ours or nn's.
 MODELS = {
     "bare": lambda layer: layer,
-    "word-lm": lambda layer: WordLM(layer),
+    "word-lm": lambda layer: WordLM(layer, dropout=0.2),
     "sequential": lambda layer: nn.Sequential(layer),
     "module-list": lambda layer: nn.ModuleList([nn.Linear(3, 3), layer]),
     "module-dict-nested": lambda layer: nn.ModuleDict({"stack": nn.Sequential(nn.ModuleList([layer]))}),

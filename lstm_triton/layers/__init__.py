@@ -6,6 +6,7 @@
 ``autograd.py`` / ``rnn_autograd.py`` their autograd, and the differentiable torch backward
 ``backend.py``                        the one place that picks the backend (triton / torch) and fusion level
 ``packed.py``                         PackedSequence and ``lengths=`` on the fused recurrence
+``patching.py``                       ``patch``/``unpatch``: nn's layers inside a model become ours, in place, and back
 ``serialization.py``                  the layers as safe globals of torch.load's default ``weights_only=True``
 ``kernel_report.py``                  ahead-of-time sm_80 / sm_90 builds: registers, spills, shared memory
 """
@@ -13,5 +14,6 @@
 from . import serialization  # noqa: F401  (registers the modules with torch.load's weights-only unpickler)
 from .gru_rnn import GRU, RNN, gru, rnn
 from .lstm import LSTM, lstm
+from .patching import patch, unpatch
 
-__all__ = ["GRU", "LSTM", "RNN", "gru", "lstm", "rnn"]
+__all__ = ["GRU", "LSTM", "RNN", "gru", "lstm", "patch", "rnn", "unpatch"]
