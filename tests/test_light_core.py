@@ -74,6 +74,17 @@ def test_importing_the_layers_imports_none_of_the_extras_where_they_are_installe
     assert done.stdout.splitlines()[-1] == "[]"
 
 
+def test_the_command_without_the_extras_says_which_to_install_in_one_line():
+    done = _run("""
+        import runpy
+        sys.argv = ["lstm-triton", "train", "--help"]
+        runpy.run_module("lstm_triton", run_name="__main__")
+    """)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("lstm-triton: the command needs the charlm extra (pandas is not installed): "
+                           "pip install 'lstm-triton[charlm]'\n")
+
+
 def test_the_application_names_load_on_first_use():
     import lstm_triton.charlm as charlm
     from lstm_triton.charlm.train import train
