@@ -9,10 +9,15 @@
 ``cli.py``                     the ``lstm-triton`` command
 """
 
+from ..layers.serialization import register_safe_modules
 from .data import CharData
 from .model import CharLM, predict
 from .naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
+from .naive_cells import NaiveGRU, NaiveRNN
 from .train import TrainConfig, Trainer
+
+# torch.save(model) of a char LM loads with torch.load's defaults, as the layers do (layers/serialization.py)
+register_safe_modules(CharLM, NaiveLSTM, NaiveGRU, NaiveRNN)
 
 # ``train`` the function stays at lstm_triton.train: here it would hide the module lstm_triton.charlm.train
 __all__ = ["CharData", "CharLM", "NaiveLSTM", "TrainConfig", "Trainer", "from_nn_lstm", "predict", "to_nn_lstm"]

@@ -11,9 +11,11 @@ layer on the kernels and how its states look to the user (:meth:`FusedRNNMixin._
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from ..kernels.cell_math import CELL_IDS, GATES
@@ -166,6 +168,26 @@ def prepare_functional(input: torch.Tensor, weights: dict, states: dict, gate_ro
     return input, tuple(filled.values()), weights, chosen, lengths, ac is not None
 
 
+def evaluates_parametrizations_once(forward):
+    """``forward`` with each parametrized tensor of the module evaluated once per call: the call runs
+    under torch's parametrization cache (``parametrize.cached()``) when the module is parametrized.
+    Without it the reads add up (nn's own forward reads a parametrized weight up to four times to
+    refresh its ``_flat_weights``), and a parametrization with a side effect runs as often:
+    ``spectral_norm`` in training mode steps its power iteration at every evaluation,
+    ``orthogonal`` recomputes its matrix exponential. A cache the caller already holds stays theirs
+    (cached() nests and clears only at the outermost exit). Not under ``torch.jit.trace``, which
+    refuses the cache; there ``_read_weights`` still reads each weight once on the kernels' path."""
+
+    @functools.wraps(forward)
+    def once(self, *args, **kwargs):
+        if not parametrize.is_parametrized(self) or torch._C._get_tracing_state() is not None:
+            return forward(self, *args, **kwargs)
+        with parametrize.cached():
+            return forward(self, *args, **kwargs)
+
+    return once
+
+
 class FusedRNNMixin:
     """The forward of ``lstm_triton.LSTM``/``GRU``/``RNN`` in front of nn.LSTM/GRU/RNN (the MRO gives
     ``super()`` the nn class). Extra keyword arguments ``fusion`` and ``backend``; ``forward``
@@ -184,6 +206,7 @@ class FusedRNNMixin:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, fusion={self.fusion!r}, backend={self.backend!r}"
 
+    @evaluates_parametrizations_once
     def forward(self, input, hx=None, lengths=None):
         """nn's ``forward``, plus ``lengths`` for padded input: a 1-D sequence of B integers in
         [0, T] (see the functional form); the output stays padded (zeros past each length).
@@ -254,22 +277,26 @@ class FusedRNNMixin:
                     shapes[f"weight_hr{sfx}"] = (P, H)
         return shapes
 
-    def _check_weight_shapes(self) -> None:
-        """Every parameter the kernels will read, present and of nn's shape: a kernel reads as many
-        elements as the shape says from the pointer, so a wrong one must never reach it. RuntimeError
-        (nn's type for these) naming the parameter."""
+    def _read_weights(self) -> dict[str, torch.Tensor]:
+        """Every parameter the kernels will read, each read once (a parametrized weight is evaluated
+        by the read), present and of nn's shape: a kernel reads as many elements as the shape says
+        from the pointer, so a wrong one must never reach it. The shape is the evaluated weight's, as
+        a parametrization may store its original in another shape. RuntimeError (nn's type for
+        these) naming the parameter."""
+        weights = {}
         for name, shape in self._expected_weight_shapes().items():
-            w = getattr(self, name, None)
+            w = weights[name] = getattr(self, name, None)
             if w is None:
                 raise RuntimeError(
                     f"{name} is missing: the module has num_layers={self.num_layers}, bidirectional="
                     f"{self.bidirectional}, bias={self.bias} but was built with other settings; build a new one")
             if tuple(w.shape) != shape:
                 raise RuntimeError(f"{name} must have shape {shape}, got {tuple(w.shape)}")
+        return weights
 
     def _triton_forward(self, input: torch.Tensor, hx, ac: torch.dtype | None, lengths=None):
         # Argument checks mirror nn's forward, so errors have the same types and messages.
-        self._check_weight_shapes()
+        weights = self._read_weights()
         if input.dim() not in (2, 3):
             raise ValueError(self._INPUT_DIM_ERROR.format(name=self.mode.split("_")[0], dim=input.dim()))
         batched = input.dim() == 3
@@ -293,7 +320,7 @@ class FusedRNNMixin:
         # Autocast: nn's rule, every floating tensor but float64 in the autocast dtype.
         input = autocast_cast(input, ac)
         states = tuple(autocast_cast(s, ac) for s in states)
-        weights = {name: autocast_cast(getattr(self, name), ac) for name in self._flat_weights_names}
+        weights = {name: autocast_cast(w, ac) for name, w in weights.items()}
         names = [f"hidden[{i}]" for i in range(len(states))] if len(states) > 1 else ["hidden"]
         _check_dtypes(input, dict(zip(names, states)), weights)
         with _no_autocast(input, ac is not None):
