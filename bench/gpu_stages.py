@@ -67,7 +67,7 @@ VARLEN_GPU = (1024, 64, 512, 512)
 VARLEN_SMOKE = (8, 3, 5, 6)
 VARLEN_PRECISIONS = ("fp32-tf32", "bf16")
 VARLEN_STAGE_PROVIDERS = ("nn", "nn-padded", "triton-auto", "triton-padded")
-SMOKE_E2E_SIZES = {"hidden_size": 16, "batch_size": 4, "num_steps": 6, "max_tokens": 400, "val_tokens": 120}
+SMOKE_E2E_SIZES = {"hidden_size": 16, "batch_size": 4, "num_steps": 6, "max_tokens": 160, "val_tokens": 60}
 
 
 @contextmanager

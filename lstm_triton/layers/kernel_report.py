@@ -3,7 +3,7 @@ spills, shared memory and tensor-core (MMA) instructions, plus the useful fracti
 multiply-adds the tiles compute at the d2l and large shapes (no GPU needed: ptxas and cuobjdump
 ship in the triton wheel).
 
-    python -m lstm_triton.layers.kernel_report --arch sm_90 [--representative | --rated] [--json]
+    python -m lstm_triton.layers.kernel_report --arch sm_90 [--scope all|representative|ci|rated] [--json]
 
 Each row is a kernel a launch compiles: the launchers run on CPU tensors with their kernels
 replaced by recorders (:func:`capture_launches`), and each recorded launch is compiled with the
@@ -607,31 +607,64 @@ def _pick_variants(variants: dict, least: bool) -> list[KernelBuild]:
     return picked
 
 
-def planned_builds(arch: str, representative: bool = False, rated_only: bool = False) -> list[KernelBuild]:
-    """Every build the launchers can compile on ``arch``: each configuration they pick
-    (:func:`launch_variants`), in each runtime specialisation a launch of it can get — Triton
-    specialises the int sizes (== 1, divisible by 16) and the pointers (16-byte aligned) of every
-    launch, so a configuration serving sizes that are and are not multiples of 16 is compiled
-    (and runs) as several kernels. ``lstm-triton kernels`` and ``LSTM_TRITON_AOT=all`` build them all.
+SCOPES = ("all", "representative", "ci", "rated")
 
-    ``representative`` (what ``make test`` compiles, to keep a cold Triton cache within its
-    budget): the configurations as before — every step configuration of the LSTM and the other cell
-    types' largest step tile per dtype, the cell level's widest block, and per cell type the
-    persistent configurations the d2l and large shapes pick plus those that hold the most on chip
-    (:func:`representative_persistent`) — each in its most-aligned variant (sizes multiples of 16,
-    the common case), and the persistent ones also in their least-aligned variant (odd sizes: no
-    vector loads, the most address registers), since the two spill differently; plus the exact
-    builds of the d2l and large launches (:func:`rated_builds`).
 
-    ``rated_only`` (``--rated``, ``LSTM_TRITON_AOT=rated``): only those rated builds."""
+def _ci_configs(level: str, cell: int, dt: torch.dtype, major: int):
+    """The ``ci`` scope's configurations of ``level`` for ``cell`` and ``dt`` (None: none): where
+    registers and shared memory run out first — the persistent configurations that hold the most on
+    chip (:func:`_resource_extremes`), the widest step tile and the widest pointwise block — for
+    the LSTM and the GRU (4 and 3 gate blocks; the plain RNN's one-gate kernels hold less) in fp32
+    and bf16 (fp16 has bf16's sizes and code)."""
+    if dt == torch.float16 or cell not in (LSTM, GRU):
+        return None
+    if level == "cell":
+        return set(reachable_pointwise_configs()[-1:])
+    if level == "step":
+        return {max((c for c, d in reachable_step_configs() if d == dt), key=lambda c: c.block_b * c.block_h)}
+    return {c for c, d in _resource_extremes(major, GATES[cell]) if d == dt}
+
+
+def planned_builds(arch: str, scope: str = "all") -> list[KernelBuild]:
+    """The builds of ``scope`` (:data:`SCOPES`) on ``arch``.
+
+    ``all`` (``lstm-triton kernels``, ``LSTM_TRITON_AOT=all``): every build the launchers can
+    compile — each configuration they pick (:func:`launch_variants`), in each runtime
+    specialisation a launch of it can get. Triton specialises the int sizes (== 1, divisible by
+    16) and the pointers (16-byte aligned) of every launch, so a configuration serving sizes that
+    are and are not multiples of 16 is compiled (and runs) as several kernels: ~5,500 builds for
+    sm_90, hours of compiling.
+
+    ``representative`` (``LSTM_TRITON_AOT=representative``): every step configuration of the LSTM
+    and the other cell types' largest step tile per dtype, the cell level's widest block, and per
+    cell type the persistent configurations the d2l and large shapes pick plus those that hold the
+    most on chip (:func:`representative_persistent`) — each in its most-aligned variant (sizes
+    multiples of 16, the common case), and the persistent ones also in their least-aligned variant
+    (odd sizes: no vector loads, the most address registers), since the two spill differently;
+    plus the rescue kernels of the LSTM and GRU. ~230 builds per architecture (~8 min cold on 2
+    cores).
+
+    ``ci`` (``make test`` for sm_90, to keep a cold Triton cache within CI's budget):
+    :func:`_ci_configs`, in the most-aligned variant, and the LSTM's rescue kernels: the builds
+    that spill first if a tile or a kernel grows. ~40 builds (~3 CPU-minutes cold).
+
+    Every scope includes the exact builds of the d2l and large launches (:func:`rated_builds`);
+    ``rated`` (``--rated``, ``LSTM_TRITON_AOT=rated``, ``make test`` for sm_80 and on Triton 3.6)
+    is only those."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     major = int(arch.removeprefix("sm_")) // 10
     plans = {_variant_key(b): b for b in rated_builds(arch)}
-    dtypes = list(TYPE)
-    for level in () if rated_only else ("cell", "step", "persistent"):
+    sampled = scope in ("representative", "ci")
+    for level in () if scope == "rated" else ("cell", "step", "persistent"):
         for cell in (LSTM, GRU, RNN_TANH, RNN_RELU):
-            for dt in dtypes:
+            for dt in TYPE:
                 configs = None
-                if representative:
+                if scope == "ci":
+                    configs = _ci_configs(level, cell, dt, major)
+                    if configs is None:
+                        continue
+                elif scope == "representative":
                     if level == "cell":
                         configs = set(reachable_pointwise_configs()[-1:])
                     elif level == "step":
@@ -639,15 +672,15 @@ def planned_builds(arch: str, representative: bool = False, rated_only: bool = F
                         configs = set(steps) if cell == LSTM else {max(steps, key=lambda c: c.block_b * c.block_h)}
                     else:
                         configs = {c for c, d in representative_persistent(major, GATES[cell]) if d == dt}
-                for variants in launch_variants(level, cell, dt, arch, configs,
-                                                exhaustive=not representative).values():
-                    chosen = (_pick_variants(variants, least=level == "persistent") if representative
+                for variants in launch_variants(level, cell, dt, arch, configs, exhaustive=not sampled).values():
+                    chosen = (_pick_variants(variants, least=level == "persistent" and scope != "ci") if sampled
                               else list(variants.values()))
                     for build in chosen:
                         plans.setdefault(_variant_key(build), build)
-    if not rated_only:
-        for build in rescue_builds(arch, representative):
-            plans.setdefault(_variant_key(build), build)
+    if scope != "rated":
+        for build in rescue_builds(arch, representative=sampled):
+            if scope != "ci" or build.constexprs.get("CELL", LSTM) == LSTM:
+                plans.setdefault(_variant_key(build), build)
     for build in plans.values():  # the largest grid the launcher gives each persistent build's config
         if build.level == "persistent":
             gates = GATES[build.constexprs.get("CELL", LSTM)]
@@ -660,16 +693,15 @@ def _compile_one(build: KernelBuild, sass: bool = False) -> KernelBuild:
     return compile_build(build, KERNELS[build.kernel], sass)
 
 
-def build_all(arch: str = "sm_90", workers: int | None = None, representative: bool = False,
-              rated_only: bool = False, sass: bool = False, levels=None, cells=None) -> list[KernelBuild]:
-    """Compile every planned build, in parallel processes (each compile is single-threaded).
-    ``rated_only``: only the builds the d2l and large shapes pick (``d2l_shape``/``large_shape``);
-    ``sass``: count the SASS MMAs of every build, not only of those; ``levels``/``cells``: only
-    those levels / cell types (cell_math ids)."""
+def build_all(arch: str = "sm_90", workers: int | None = None, scope: str = "all", sass: bool = False,
+              levels=None, cells=None) -> list[KernelBuild]:
+    """Compile the builds of ``scope`` (:func:`planned_builds`), in parallel processes (each compile
+    is single-threaded). ``sass``: count the SASS MMAs of every build, not only of the d2l/large
+    ones; ``levels``/``cells``: only those levels / cell types (cell_math ids)."""
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
-    plans = planned_builds(arch, representative, rated_only)
+    plans = planned_builds(arch, scope)
     if levels:
         plans = [b for b in plans if b.level in levels]
     if cells is not None:
@@ -698,10 +730,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lstm-triton kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--representative", action="store_true",
-                        help="GRU/RNN persistent builds only where the d2l and large shapes land (the tests' set)")
-    parser.add_argument("--rated", action="store_true",
-                        help="only the builds the d2l and large shapes pick (the GPU check's SASS rows)")
+    parser.add_argument("--scope", default="all", choices=SCOPES,
+                        help="which builds (planned_builds): all of them (hours), the representative set, "
+                             "make test's ci set, or only the d2l and large shapes' (rated)")
+    parser.add_argument("--representative", dest="scope", action="store_const", const="representative",
+                        help="= --scope representative")
+    parser.add_argument("--rated", dest="scope", action="store_const", const="rated",
+                        help="= --scope rated (the GPU check's SASS rows)")
     parser.add_argument("--level", action="append", choices=("cell", "step", "persistent"),
                         help="only this level (repeatable)")
     parser.add_argument("--cell", action="append", choices=("lstm", "gru", "rnn_tanh", "rnn_relu"),
@@ -714,8 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cells = None if not args.cell else {
         {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}[c] for c in args.cell}
-    builds = build_all(args.arch, representative=args.representative, rated_only=args.rated, sass=args.sass,
-                       levels=args.level, cells=cells)
+    builds = build_all(args.arch, scope=args.scope, sass=args.sass, levels=args.level, cells=cells)
     print(json.dumps([asdict(b) for b in builds]) if args.json else format_table(builds))
     return 0
 
