@@ -130,9 +130,10 @@ BROKEN = {"no-barrier": no_barrier, "one-arrival-short": barrier_one_arrival_sho
 # at H=304, T=4 (one arrival short, forward); a fault can only show at the T-1 inner barriers.
 # GRU and RNN (seeds 0-7 of each variant and phase swept at T=6, H=40, B=1: every one caught): the
 # subtlest fault for every cell type, the crudest for GRU.
+# make test runs one seed of each (the sweeps above found every seed catches the fault).
 NEGATIVE = [
-    *(("LSTM", variant, 6, 1, 3, 40, [0, 1, 2, 3]) for variant in BROKEN),
-    ("LSTM", "one-arrival-short", 6, 17, 4, 40, [4, 5]),
+    *(("LSTM", variant, 6, 1, 3, 40, [0]) for variant in BROKEN),
+    ("LSTM", "one-arrival-short", 6, 17, 4, 40, [4]),
     ("LSTM", "one-arrival-short", 6, 1, 3, 304, [6]),
     *((cell, "one-arrival-short", 6, 1, 3, 40, [i]) for i, cell in enumerate(RNN_CELLS)),
     ("GRU", "no-barrier", 6, 1, 3, 40, [3]),

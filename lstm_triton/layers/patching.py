@@ -52,9 +52,9 @@ def _swap_all(model, function: str, candidate, table: dict, on_swap) -> nn.Modul
         if cls in table:
             _swap_class(module, table[cls])
             on_swap(module)
-        else:  # a subclass with code of its own: replacing its class would drop that code
+        else:  # a user's subclass: replacing its class would drop whatever it defines
             warnings.warn(f"{function}: {name or 'model'} is a {cls.__module__}.{cls.__qualname__}, a subclass "
-                          "with code of its own: left as it is", stacklevel=3)
+                          "of torch's class: left as it is (only torch's own classes are swapped)", stacklevel=3)
     return model
 
 
