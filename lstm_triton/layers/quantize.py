@@ -62,25 +62,23 @@ def _check_fused(mod, cls) -> None:
         raise TypeError(f"from_float: mod must be an lstm_triton.{cls.__name__}, got {type(mod).__name__}")
 
 
-class DynamicLSTMFromFused(nnqd.LSTM):
-    """The dynamic-quantization mapping entry of ``lstm_triton.LSTM``: ``from_float`` returns torch's
-    ``torch.ao.nn.quantized.dynamic.LSTM`` (this class is never instantiated)."""
+def _mapping_entry(fused, quantized):
+    """The dynamic-quantization mapping entry of ``fused`` (our LSTM or GRU): a subclass of torch's
+    ``quantized`` module (never instantiated) whose ``from_float`` returns torch's own ``quantized``
+    module, built from an nn twin sharing the parameters (torch's accepts only nn's exact classes)."""
 
-    @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        _check_fused(mod, LSTM)
-        return nnqd.LSTM.from_float(nn_twin(mod), use_precomputed_fake_quant=use_precomputed_fake_quant)
+    class Entry(quantized):
+        @classmethod
+        def from_float(cls, mod, use_precomputed_fake_quant=False):
+            _check_fused(mod, fused)
+            return quantized.from_float(nn_twin(mod), use_precomputed_fake_quant=use_precomputed_fake_quant)
+
+    Entry.__name__ = Entry.__qualname__ = f"Dynamic{fused.__name__}FromFused"
+    return Entry
 
 
-class DynamicGRUFromFused(nnqd.GRU):
-    """The dynamic-quantization mapping entry of ``lstm_triton.GRU``: ``from_float`` returns torch's
-    ``torch.ao.nn.quantized.dynamic.GRU`` (this class is never instantiated)."""
-
-    @classmethod
-    def from_float(cls, mod, use_precomputed_fake_quant=False):
-        _check_fused(mod, GRU)
-        return nnqd.GRU.from_float(nn_twin(mod), use_precomputed_fake_quant=use_precomputed_fake_quant)
-
+DynamicLSTMFromFused = _mapping_entry(LSTM, nnqd.LSTM)
+DynamicGRUFromFused = _mapping_entry(GRU, nnqd.GRU)
 
 DYNAMIC_MAPPING = {LSTM: DynamicLSTMFromFused, GRU: DynamicGRUFromFused}
 
