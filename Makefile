@@ -24,13 +24,13 @@ STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(TRITON_OLDEST)
 # d2l/large builds. Left to the newest Triton's run: the interpreter's wide tiles, and the tests of
 # module features, hypothesis shapes, torch.compile/func and the barrier negative controls, which
 # exercise the PyTorch side or repeat the same kernels, and the longest runs of kernels the leg
-# already covers at smaller sizes (T=257, H=300 and H=1030 interpreted): 10 min of CPU less.
+# already covers at smaller sizes (H=300 and H=1030 interpreted): 10 min of CPU less.
 KERNEL_TESTS := tests/test_compat.py tests/test_multiprogram.py tests/test_lstm_triton.py tests/test_gru_rnn.py \
 	tests/test_persistent_multiprogram.py tests/test_packed.py tests/test_projection.py \
 	tests/test_barrier_recovery.py tests/test_aot_compile.py
 KERNEL_TESTS_SKIP := interpreter-tiles or module_features or module_variants or random_shapes or compiles_in_one_graph \
 	or gradient_of_a_gradient or torch_func or a_broken_barrier or long_sequences or falls_back_to_step \
-	or H300-several-wide-tiles or T257
+	or H300-several-wide-tiles
 
 .PHONY: test test-oldest bench lint setup clean
 

@@ -73,8 +73,11 @@ def run_persistent(T, B, I, H, seed, caplog, cell="LSTM", **compare_kwargs):
     return errors
 
 
+# T=33: 66 barriers per launch with 3 programs (T=257 in one program is test_lstm_triton's long
+# sequence). Not T=65: there fp32 nn.LSTM's own gradients are 1.3e-5 from float64 for this seed's
+# inputs, over the 1e-5 bound, so the bound would measure the problem's conditioning, not the kernel.
 PARITY = {  # (T, B, I, H, schedule seeds)
-    "H40-3-programs-B1-T257": (257, 1, 3, 40, [0]),
+    "H40-3-programs-B1-T33": (33, 1, 3, 40, [0]),
     "H40-B17-T5": (5, 17, 4, 40, [1, 2, None]),
     "H40-B64-T3": (3, 64, 5, 40, [3]),
     "H40-B1-T1": (1, 1, 3, 40, [4]),
