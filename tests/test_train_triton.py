@@ -25,15 +25,16 @@ def test_cli_trains_with_triton(capsys, tmp_path):
     assert out.splitlines()[-1].startswith("perplexity ")
 
 
-# relu is the tanh RNN's kernels with another compile-time activation: one level of it is enough here
-# (its parity at every level is tests/test_gru_rnn.py's)
-@pytest.mark.parametrize("cell, nonlinearity, fusion", [
-    pytest.param(cell, nonlinearity, fusion, id=f"{name}-{fusion}")
-    for cell, nonlinearity, name in (("gru", "tanh", "gru"), ("rnn", "tanh", "rnn-tanh"), ("rnn", "relu", "rnn-relu"))
-    for fusion in (("persistent",) if nonlinearity == "relu" else ("cell", "step", "persistent"))])
-def test_triton_gru_and_rnn_char_lms_train_like_nn_and_naive_for_20_steps(cell, nonlinearity, fusion):
-    """Issue 11's acceptance: from identical weights, naive, nn and each Triton level give the same
+# GRU and RNN train at the persistent level, the one auto picks at the d2l shape and the longest code
+# path. Their cell and step levels are the LSTM's loops with another compile-time cell: the loops
+# train like nn above (LSTM, every level) and the cells match float64 nn at every level, forward and
+# every gradient (tests/test_gru_rnn.py); training them here too cost 70 s of make test's CPU.
+@pytest.mark.parametrize("cell, nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")],
+                         ids=["gru", "rnn-tanh", "rnn-relu"])
+def test_triton_gru_and_rnn_char_lms_train_like_nn_and_naive_for_20_steps(cell, nonlinearity):
+    """Issue 11's acceptance: from identical weights, naive, nn and the Triton layer give the same
     20-step losses (≤ 1e-4 relative) for GRU and the plain RNN."""
+    fusion = "persistent"
     kwargs = dict(cell=cell, nonlinearity=nonlinearity)
     ours = char_lm_losses("triton", fusion=fusion, device=DEVICE, **kwargs)
     ref, naive = char_lm_losses("nn", **kwargs), char_lm_losses("naive", **kwargs)
