@@ -36,11 +36,16 @@ KERNEL_TESTS_SKIP := interpreter-tiles or module_features or module_variants or 
 
 setup: $(STAMP)
 
+# pip compiles every installed module to bytecode on one core (~30 s for torch alone); compileall
+# does the same on every core. (Without bytecode every process would compile what it imports, and
+# PYTHONDONTWRITEBYTECODE=1 would keep it from being saved.) Its status is ignored: a few files
+# shipped inside packages are not Python 3 (pip skips them too).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-compile "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --no-compile -e ".[dev]"
+	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 # Made as a copy of the main venv (same torch and packages; only Triton differs): a copy and one
