@@ -107,17 +107,22 @@ def _slow_clock() -> None:
     train_module.time = types.SimpleNamespace(perf_counter=lambda: SLOW_EPOCH * next(reads))
 
 
-def cli_on_ranks(argv: list[str], out_dir: Path, slow_rank: int | None = None) -> list[dict]:
+def cli_on_ranks(argv: list[str], out_dir: Path, slow_rank: int | None = None, late_rank: int | None = None,
+                 ) -> list[dict]:
     """``lstm-triton train argv`` on WORLD forked ranks, per rank: exit ``code``, ``out``, ``err``,
-    ``writes`` (names of the files it wrote, in order, with the time each was done) and ``done``
-    (when cli.main returned). ``slow_rank``'s epochs last SLOW_EPOCH s by its clock."""
+    ``writes`` (names of the files it wrote, in order, with the time each was done), ``start`` and
+    ``done`` (when cli.main was called and returned). ``slow_rank``'s epochs last SLOW_EPOCH s by
+    its clock; ``late_rank`` starts 1 s after the others."""
     def target():
         log: list = []
         _logging_writes(log)
         if distributed.rank() == slow_rank:
             _slow_clock()
+        if distributed.rank() == late_rank:
+            time.sleep(1.0)
+        start = time.monotonic()
         code = cli.main(["train", *argv])
-        torch.save({"writes": log, "done": time.monotonic()}, out_dir / f"log{distributed.rank()}.pt")
+        torch.save({"writes": log, "start": start, "done": time.monotonic()}, out_dir / f"log{distributed.rank()}.pt")
         return code
 
     ranks = []
@@ -233,8 +238,9 @@ def test_batch_size_not_divisible_by_the_world_size_is_refused_on_every_rank(tmp
     out = tmp_path / "out"
     out.mkdir()
     files = ["--save", str(out / "run.ckpt"), "--metrics-csv", str(out / "m.csv")]
-    ranks = cli_on_ranks([*ARGS, "--batch-size", "3", *files], tmp_path / "ranks")
+    ranks = cli_on_ranks([*ARGS, "--batch-size", "3", *files], tmp_path / "ranks", late_rank=0)
     assert [r["code"] for r in ranks] == [2, 2]
+    assert ranks[1]["done"] >= ranks[0]["start"]  # rank 1 waited for rank 0 (torchrun would stop a late rank 0)
     err0 = ranks[0]["err"].strip().splitlines()
     assert len(err0) == 1 and err0[0].startswith("lstm-triton train: error: argument --batch-size: batch_size 3 "
                                                  "does not split evenly over the 2 processes"), err0

@@ -215,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             return report(["--arch", args.arch] + (["--json"] if args.json else []) + (["--sass"] if args.sass else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")
     except UsageError as exc:
+        line = str(exc).splitlines()[0]
         if distributed.is_main_process():  # under torchrun every rank refuses, rank 0 says why
-            print(str(exc).splitlines()[0], file=sys.stderr)
+            print(line, file=sys.stderr)
+        # ... before any rank exits (torchrun would stop rank 0); a rank that refused alone says why itself
+        if not distributed.exit_together() and not distributed.is_main_process():
+            print(f"{line} (rank {distributed.rank()})", file=sys.stderr)
         return 2
 
 

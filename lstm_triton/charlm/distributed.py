@@ -16,7 +16,9 @@ continues row r of the previous batch, so each rank's carried state stays its ow
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -95,6 +97,32 @@ def barrier() -> None:
     has written its files, so none exits before the run's results are on disk."""
     if is_distributed():
         dist.barrier()
+
+
+def exit_together(timeout_s: float = 30.0) -> bool:
+    """Before exiting on an input error under torchrun: check in on torchrun's store, then wait (at
+    most ``timeout_s``) until every rank has. torchrun stops all workers as soon as one exits with
+    an error, so without this the rank that fails first could get rank 0 killed before it has said
+    why. No process group needed: it works before :func:`init_from_env` and after a failed one.
+
+    True when every rank checked in (all refused, rank 0 among them), False after the timeout (this
+    rank refused alone, or the store is gone); True at once without torchrun or with one process.
+    """
+    world = env_world_size()
+    if world == 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # torchrun's agent hosts the store
+        return True
+    key = f"lstm-triton/refused/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=timeout_s))
+        arrived = store.add(key, 1)
+        while arrived < world and time.monotonic() < deadline:
+            time.sleep(0.05)
+            arrived = store.add(key, 0)
+    except (RuntimeError, OSError, ValueError):  # no store to meet at: nothing to wait for
+        return False
+    return arrived >= world
 
 
 def check_batch_split(batch_size: int, world: int) -> None:
