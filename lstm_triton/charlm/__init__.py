@@ -7,6 +7,7 @@
 ``model.py``                   the char LM (one-hot -> recurrent layer -> linear) and ``predict``
 ``train.py`` / ``checkpoint.py``  the training loop (perplexity, tokens/s) and its checkpoints
 ``cli.py``                     the ``lstm-triton`` command
+``distributed.py``             data-parallel training under torchrun (process group, row split, sums)
 """
 
 from ..layers.serialization import register_safe_modules

@@ -1,6 +1,8 @@
 """``lstm-triton`` command line: ``train`` the char LM (more subcommands join as they land).
 
 Bad input exits with status 2 and one line on stderr, never a traceback, and touches no file.
+Under torchrun (``torchrun --nproc-per-node N -m lstm_triton train ...``) the run is data-parallel
+(:mod:`lstm_triton.charlm.distributed`) and rank 0 alone writes files, shows the bar and prints.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from . import distributed
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
 from .data import CorpusError
@@ -112,6 +115,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     if args.fusion is not None and args.impl != "triton":
         raise UsageError(f"lstm-triton train: error: argument --fusion: applies to --impl triton only, "
                          f"not --impl {args.impl}")
+    try:  # before the process group: every rank refuses alike, no rendezvous to hang on
+        distributed.check_batch_split(args.batch_size, distributed.env_world_size())
+    except ValueError as exc:
+        raise UsageError(f"lstm-triton train: error: argument --batch-size: {exc}") from None
     return TrainConfig(
         impl=args.impl, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_steps=args.num_steps,
         hidden_size=args.hidden_size, max_tokens=args.max_tokens, val_tokens=args.val_tokens,
@@ -144,17 +151,21 @@ def run_train(args: argparse.Namespace) -> int:
     _check_output_path("--save", args.save)  # a --resume file is checked when it is read
     _check_output_path("--metrics-csv", args.metrics_csv)
     try:
-        trainer = Trainer(cfg, args.device)
+        trainer = Trainer(cfg, distributed.init_from_env(args.device))  # joins torchrun's group, if any
         if args.resume:
             trainer.resume(args.resume)
     except (ValueError, CorpusError, CheckpointError, NotImplementedError) as exc:
         raise UsageError(f"lstm-triton train: error: {exc}") from None
 
     save_path = args.save or args.resume
-    bar = tqdm(total=trainer.cfg.epochs, initial=trainer.epoch, unit="epoch", disable=args.no_progress,
+    main_process = distributed.is_main_process()  # under torchrun only rank 0 writes, prints and shows the bar
+    bar = tqdm(total=trainer.cfg.epochs, initial=trainer.epoch, unit="epoch",
+               disable=args.no_progress or not main_process,
                desc=f"train {cfg.cell} {args.impl}", dynamic_ncols=True)
 
     def after_epoch(tr: Trainer, row: dict) -> None:
+        if not main_process:
+            return
         if save_path:
             tr.save(save_path)
         bar.set_postfix(ppl=f"{row['train_perplexity']:.2f}", val=f"{row['val_perplexity']:.2f}",
@@ -166,9 +177,12 @@ def run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         bar.close()
         where = f"; last checkpoint: {save_path} (epoch {trainer.epoch})" if save_path else ""
-        print(f"interrupted after epoch {trainer.epoch}{where}", file=sys.stderr)
+        if main_process:
+            print(f"interrupted after epoch {trainer.epoch}{where}", file=sys.stderr)
         return 130
     bar.close()
+    if not main_process:
+        return 0
 
     for prefix in PREFIXES:
         print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
@@ -188,14 +202,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "train":
-            return run_train(args)
+            try:
+                code = run_train(args)
+                if code == 0:
+                    distributed.barrier()  # the other ranks wait until rank 0 has written its files
+                return code
+            finally:
+                distributed.teardown()
         if args.command == "kernels":
             from ..layers.kernel_report import main as report
 
             return report(["--arch", args.arch] + (["--json"] if args.json else []) + (["--sass"] if args.sass else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")
     except UsageError as exc:
-        print(str(exc).splitlines()[0], file=sys.stderr)
+        line = str(exc).splitlines()[0]
+        if distributed.is_main_process():  # under torchrun every rank refuses, rank 0 says why
+            print(line, file=sys.stderr)
+        # ... before any rank exits (torchrun would stop rank 0); a rank that refused alone says why itself
+        if not distributed.exit_together() and not distributed.is_main_process():
+            print(f"{line} (rank {distributed.rank()})", file=sys.stderr)
         return 2
 
 

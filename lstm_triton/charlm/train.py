@@ -9,6 +9,10 @@ loss = mean cross-entropy, perplexity = exp(mean loss over the epoch). With the 
 iterator the state is carried across batches (and detached); with the random iterator it is
 re-initialised every batch. tokens/s counts training tokens over training time only, with the
 device synchronised before each clock read.
+
+Under torchrun (:mod:`lstm_triton.charlm.distributed`) each rank trains its share of every batch's
+rows through DistributedDataParallel; losses, token counts and tokens/s are summed over the ranks,
+so a run on W processes reports what one process reports for the same global ``batch_size``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from ..kernels.launch_config import interpreter_on
+from . import distributed
 from .cells import CELLS, DEFAULT_HIDDEN, cell_mode
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import CharData
@@ -128,6 +133,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, device: str | torch.device = "auto", data: CharData | None = None):
         cfg.validate()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        distributed.check_batch_split(cfg.batch_size, self.world_size)
         self.cfg = cfg
         self.device = resolve_device(device)
         if cfg.impl == "triton" and self.device.type != "cuda" and not interpreter_on():
@@ -141,6 +148,7 @@ class Trainer:
             seed=cfg.seed, init=cfg.init, fusion=cfg.fusion, device=self.device,
             cell=cfg.cell, nonlinearity=cfg.nonlinearity,
         )
+        self.train_model = distributed.wrap(self.model, self.device)  # DDP under torchrun, else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
         self.loss_fn = nn.CrossEntropyLoss()
         self.rng = random.Random(cfg.seed)  # data order: offsets and shuffles
@@ -156,22 +164,26 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         synchronize(device)
         start = time.perf_counter()
-        for X, Y in self.data.train_batches(self.rng):
+        for X, Y in distributed.shard_rows(self.data.train_batches(self.rng), self.rank, self.world_size):
             X, y = X.to(device), Y.T.reshape(-1).to(device)
             if state is None or self.cfg.use_random_iter:
                 state = model.begin_state(X.shape[0], device)
             else:
                 state = detach_state(state)
-            logits, state = model(X, state)
-            loss = self.loss_fn(logits, y)
+            logits, state = self.train_model(X, state)
+            loss = self.loss_fn(logits, y)  # under DDP: the mean over this rank's rows
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # Under DDP the backward has all-reduced the gradients into the global mean's, the same
+            # on every rank, so this local norm is the global norm (tests/test_ddp.py checks both).
             clip_gradients(model, self.cfg.clip)
             self.optimizer.step()
             loss_sum += loss.detach() * y.numel()  # stays on the device: read once per epoch
             tokens += y.numel()
         synchronize(device)
         seconds = time.perf_counter() - start
+        loss_sum, tokens = distributed.sum_over_ranks(loss_sum, tokens)  # unchanged in a one-process run
+        (seconds,) = distributed.max_over_ranks(seconds)  # the epoch lasts as long as its slowest rank
         mean_loss = float(loss_sum) / tokens
         return {
             "train_loss": mean_loss, "train_perplexity": math.exp(mean_loss),
@@ -186,12 +198,13 @@ class Trainer:
         model = self.model
         model.eval()
         state, loss_sum, tokens = None, 0.0, 0
-        for X, Y in self.data.val_batches():
+        for X, Y in distributed.shard_rows(self.data.val_batches(), self.rank, self.world_size):
             X, y = X.to(self.device), Y.T.reshape(-1).to(self.device)
             logits, state = model(X, state if state is not None else model.begin_state(X.shape[0], self.device))
             loss_sum += self.loss_fn(logits, y).double() * y.numel()  # on the device: one read at the end
             tokens += y.numel()
         model.train()
+        loss_sum, tokens = distributed.sum_over_ranks(loss_sum, tokens)
         return math.exp(float(loss_sum) / tokens)
 
     # -- the run -------------------------------------------------------------------------------
