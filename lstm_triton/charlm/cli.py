@@ -1,4 +1,4 @@
-"""``lstm-triton`` command line: ``train`` the char LM (more subcommands join as they land).
+"""``lstm-triton`` command line: ``train`` the char LM, ``generate`` text from its checkpoint.
 
 Bad input exits with status 2 and one line on stderr, never a traceback, and touches no file.
 """
@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from .. import __version__
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
 from .data import CorpusError
 from .impls import IMPLS, INITS
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, resolve_device
 
 PREFIXES = ("time traveller", "traveller")
 
@@ -58,6 +60,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -102,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true")
     k.add_argument("--sass", action="store_true",
                    help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
+
+    g = sub.add_parser("generate", help="continue a prefix with a trained char LM (from a train --save checkpoint)")
+    g.add_argument("--checkpoint", required=True, help="checkpoint written by train --save (any cell, any impl)")
+    g.add_argument("--prefix", default="time traveller",
+                   help="text to continue, in the checkpoint's vocabulary (default: 'time traveller')")
+    g.add_argument("--num-chars", type=_non_negative_int, default=200,
+                   help="characters to generate after the prefix (default 200; 0 = the prefix alone)")
+    g.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                   help="0 (default): greedy, d2l's predict_ch8, the text train prints; "
+                        "above 0: sample from softmax(logits / temperature)")
+    g.add_argument("--top-k", type=_positive_int, default=None,
+                   help="sample from the K most likely characters only (with --temperature > 0)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of the sampler: the same seed gives the same text on the same device "
+                        "(with --temperature > 0; default: a fresh seed every run)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--impl", choices=IMPLS, default=None,
+                   help="run on this implementation (default: the checkpoint's; a triton checkpoint on a CPU "
+                        "without TRITON_INTERPRET=1 runs on nn)")
     return parser
 
 
@@ -184,11 +215,53 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate(args: argparse.Namespace) -> int:
+    """Print ``--prefix`` and ``--num-chars`` characters the checkpoint's model continues it with."""
+    from .generate import load_for_generation, sample, unknown_characters
+
+    def fail(message: str) -> UsageError:
+        return UsageError(f"lstm-triton generate: error: {message}")
+
+    if not args.prefix:
+        raise fail("argument --prefix: expected a non-empty string (the model needs a character to start from)")
+    if args.temperature == 0:  # greedy: a sampler option would be silently ignored
+        for flag, value in (("--top-k", args.top_k), ("--seed", args.seed)):
+            if value is not None:
+                raise fail(f"argument {flag}: applies to sampling (--temperature > 0), not greedy decoding")
+    try:
+        device = resolve_device(args.device)
+        loaded = load_for_generation(args.checkpoint, device, args.impl)
+    except (ValueError, CheckpointError) as exc:
+        raise fail(str(exc).splitlines()[0]) from None
+    unknown = unknown_characters(args.prefix, loaded.vocab)
+    if unknown:
+        known = "".join(sorted(t for t in loaded.vocab.idx_to_token if len(t) == 1))
+        raise fail(f"argument --prefix: characters outside the checkpoint's vocabulary: "
+                   f"{', '.join(map(repr, unknown))} (it has {known!r})")
+    if loaded.note:
+        print(f"lstm-triton generate: {loaded.note}", file=sys.stderr)
+
+    generator = None
+    if args.temperature > 0:
+        generator = torch.Generator(device=device)
+        if args.seed is None:
+            generator.seed()  # a fresh, non-deterministic seed
+        else:
+            generator.manual_seed(args.seed)
+    with loaded.autocast():
+        text = sample(loaded.model, args.prefix, args.num_chars, loaded.vocab, device,
+                      temperature=args.temperature, top_k=args.top_k, generator=generator)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "train":
             return run_train(args)
+        if args.command == "generate":
+            return run_generate(args)
         if args.command == "kernels":
             from ..layers.kernel_report import main as report
 
