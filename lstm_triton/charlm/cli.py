@@ -6,6 +6,7 @@ Bad input exits with status 2 and one line on stderr, never a traceback, and tou
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import os
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", default=None, help="checkpoint written atomically after every epoch")
     t.add_argument("--resume", default=None, help="checkpoint to continue from (also saved to, unless --save)")
     t.add_argument("--metrics-csv", default=None, help="write per-epoch metrics to this CSV file")
+    t.add_argument("--plot", default=None,
+                   help="PNG of train and validation perplexity per epoch (d2l's figure), rewritten every epoch")
     t.add_argument("--num-preds", type=_non_negative_int, default=50, help="characters to predict per prefix")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -166,14 +169,43 @@ def _check_output_path(flag: str, path: str | None) -> None:
         raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} is not writable")
 
 
+def _check_plot_path(path: str | None) -> None:
+    """``--plot``: a writable ``.png`` file path, and matplotlib importable (the charlm extra's)."""
+    if not path:
+        return
+    _check_output_path("--plot", path)
+    if Path(path).suffix.lower() != ".png":
+        raise UsageError(f"lstm-triton train: error: argument --plot: {path} does not end in .png, "
+                         f"the figure is written as PNG")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("lstm-triton train: error: argument --plot: needs matplotlib: "
+                         "pip install 'lstm-triton[charlm]'")
+
+
+def _plot_title(trainer: Trainer) -> str:
+    """The figure's title: cell, implementation and, for triton, the fusion level training runs."""
+    from .plot import perplexity_title
+
+    cfg, fusion = trainer.cfg, None
+    if cfg.impl == "triton":
+        from ..layers.backend import choose_fusion
+
+        ran = choose_fusion(cfg.fusion, cfg.batch_size, cfg.hidden_size, torch.float32, trainer.device,
+                            cell=cfg.mode.upper())
+        fusion = ran if cfg.fusion == ran else f"{cfg.fusion}: {ran}"
+    return perplexity_title(cfg.impl, cfg.cell, cfg.nonlinearity, fusion)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .model import predict
+    from .plot import plot_perplexity
 
     cfg = _config(args)
     _check_output_path("--save", args.save)  # a --resume file is checked when it is read
     _check_output_path("--metrics-csv", args.metrics_csv)
+    _check_plot_path(args.plot)
     try:
         trainer = Trainer(cfg, args.device)
         if args.resume:
@@ -182,12 +214,16 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"lstm-triton train: error: {exc}") from None
 
     save_path = args.save or args.resume
+    title = _plot_title(trainer) if args.plot else ""
+    first_epoch = trainer.epoch
     bar = tqdm(total=trainer.cfg.epochs, initial=trainer.epoch, unit="epoch", disable=args.no_progress,
                desc=f"train {cfg.cell} {args.impl}", dynamic_ncols=True)
 
     def after_epoch(tr: Trainer, row: dict) -> None:
         if save_path:
             tr.save(save_path)
+        if args.plot:  # every epoch (history from epoch 1, resumed or not): an interrupted run keeps its figure
+            plot_perplexity(tr.metrics(), args.plot, title)
         bar.set_postfix(ppl=f"{row['train_perplexity']:.2f}", val=f"{row['val_perplexity']:.2f}",
                         tok_s=f"{row['tokens_per_sec']:.0f}")
         bar.update(1)
@@ -200,6 +236,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"interrupted after epoch {trainer.epoch}{where}", file=sys.stderr)
         return 130
     bar.close()
+    if args.plot and trainer.epoch == first_epoch and trainer.history:  # resumed a finished run: no epoch drew it
+        plot_perplexity(metrics, args.plot, title)
 
     for prefix in PREFIXES:
         print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
