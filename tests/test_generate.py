@@ -207,10 +207,13 @@ def test_greedy_sample_is_predict_and_restores_the_mode(model_and_vocab):
 
 
 def test_a_tiny_temperature_is_greedy_not_nan(model_and_vocab):
-    """(logits - max) / T: the maximum stays 0, the others go to -inf, never inf - inf = NaN."""
+    """(logits - max) / T: the maximum stays 0, the others go to -inf; logits / T would overflow
+    to inf - inf = NaN in softmax (5 / 1e-38 > float32's maximum)."""
     model, vocab = model_and_vocab
     gen = torch.Generator().manual_seed(0)
-    assert sample(model, "time", 25, vocab, temperature=1e-40, generator=gen) == sample(model, "time", 25, vocab)
+    logits = torch.tensor([0.0, 5.0, 4.9, -3.0])
+    assert {next_token(logits, 1e-38, None, gen) for _ in range(20)} == {1}
+    assert sample(model, "time", 25, vocab, temperature=1e-38, generator=gen) == sample(model, "time", 25, vocab)
 
 
 def test_top_k_draws_only_the_k_most_likely():
