@@ -159,6 +159,7 @@ BAD = {
     "top-k 0": (["--temperature", "1", "--top-k", "0"], "--top-k: expected a positive integer"),
     "top-k when greedy": (["--top-k", "3"], "--top-k: applies to sampling"),
     "seed when greedy": (["--seed", "3"], "--seed: applies to sampling"),
+    "seed out of range": (["--temperature", "1", "--seed", str(2 ** 64)], "--seed: expected an integer in"),
     "negative num-chars": (["--num-chars", "-1"], "--num-chars: expected an integer >= 0"),
     "unknown impl": (["--impl", "gru"], "--impl: invalid choice"),
     "missing file": (["--checkpoint", "/nonexistent/run.pt"], "checkpoint: no checkpoint file at /nonexistent"),

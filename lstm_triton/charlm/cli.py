@@ -74,6 +74,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -(2 ** 63) <= value < 2 ** 64:  # torch.Generator.manual_seed's range
+        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-triton", description="Fused Triton LSTM: train a char LM on The Time Machine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -129,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "above 0: sample from softmax(logits / temperature)")
     g.add_argument("--top-k", type=_positive_int, default=None,
                    help="sample from the K most likely characters only (with --temperature > 0)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=_seed, default=None,
                    help="seed of the sampler: the same seed gives the same text on the same device "
                         "(with --temperature > 0; default: a fresh seed every run)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
