@@ -35,10 +35,12 @@ def perplexity_figure(metrics: pd.DataFrame, title: str):
     ``train_perplexity`` and ``val_perplexity``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubplotParams
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(6, 4), dpi=120)
+    # Fixed margins, not tight_layout: that one measures every text box again and took a third of
+    # the figure's time, paid after every epoch.
+    fig = Figure(figsize=(6, 4), dpi=120, subplotpars=SubplotParams(left=0.11, right=0.97, bottom=0.12, top=0.92))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     val = metrics[metrics["val_perplexity"].notna()]
@@ -52,7 +54,6 @@ def perplexity_figure(metrics: pd.DataFrame, title: str):
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
