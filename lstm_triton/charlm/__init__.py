@@ -6,6 +6,8 @@
 ``impls.py``                   implementation name + cell -> recurrent layer, from identical weights
 ``model.py``                   the char LM (one-hot -> recurrent layer -> linear) and ``predict``
 ``train.py`` / ``checkpoint.py``  the training loop (perplexity, tokens/s) and its checkpoints
+``generate.py``                greedy or sampled text from a model or a checkpoint (``lstm-triton generate``)
+``plot.py``                    d2l's perplexity-per-epoch figure (``lstm-triton train --plot``)
 ``cli.py``                     the ``lstm-triton`` command
 ``distributed.py``             data-parallel training under torchrun (process group, row split, sums)
 """

@@ -52,18 +52,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, purpose: str = "resume") -> dict[str, Any]:
+    """The payload of a checkpoint; CheckpointError whose one-line message starts with ``purpose``
+    (what the file was read for) when it is missing, unreadable, or not an lstm-triton checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"resume: no checkpoint file at {path}")
+        raise CheckpointError(f"{purpose}: no checkpoint file at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"resume: {path} is not a readable checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(f"{purpose}: {path} is not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"resume: {path} is not an lstm-triton checkpoint")
+        raise CheckpointError(f"{purpose}: {path} is not an lstm-triton checkpoint")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"resume: {path} has checkpoint version {payload.get('version')}, expected {VERSION}")
+        raise CheckpointError(f"{purpose}: {path} has checkpoint version {payload.get('version')}, expected {VERSION}")
     return payload
 
 

@@ -1,4 +1,4 @@
-"""``lstm-triton`` command line: ``train`` the char LM (more subcommands join as they land).
+"""``lstm-triton`` command line: ``train`` the char LM, ``generate`` text from its checkpoint.
 
 Bad input exits with status 2 and one line on stderr, never a traceback, and touches no file.
 Under torchrun (``torchrun --nproc-per-node N -m lstm_triton train ...``) the run is data-parallel
@@ -8,11 +8,14 @@ Under torchrun (``torchrun --nproc-per-node N -m lstm_triton train ...``) the ru
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from .. import __version__
 from . import distributed
@@ -20,7 +23,7 @@ from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
 from .data import CorpusError
 from .impls import IMPLS, INITS
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, resolve_device
 
 PREFIXES = ("time traveller", "traveller")
 
@@ -64,6 +67,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -(2 ** 63) <= value < 2 ** 64:  # torch.Generator.manual_seed's range
+        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-triton", description="Fused Triton LSTM: train a char LM on The Time Machine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -97,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", default=None, help="checkpoint written atomically after every epoch")
     t.add_argument("--resume", default=None, help="checkpoint to continue from (also saved to, unless --save)")
     t.add_argument("--metrics-csv", default=None, help="write per-epoch metrics to this CSV file")
+    t.add_argument("--plot", default=None,
+                   help="PNG of train and validation perplexity per epoch (d2l's figure), rewritten every epoch")
     t.add_argument("--num-preds", type=_non_negative_int, default=50, help="characters to predict per prefix")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -105,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true")
     k.add_argument("--sass", action="store_true",
                    help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
+
+    g = sub.add_parser("generate", help="continue a prefix with a trained char LM (from a train --save checkpoint)")
+    g.add_argument("--checkpoint", required=True, help="checkpoint written by train --save (any cell, any impl)")
+    g.add_argument("--prefix", default="time traveller",
+                   help="text to continue, in the checkpoint's vocabulary (default: 'time traveller')")
+    g.add_argument("--num-chars", type=_non_negative_int, default=200,
+                   help="characters to generate after the prefix (default 200; 0 = the prefix alone)")
+    g.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                   help="0 (default): greedy, d2l's predict_ch8, the text train prints; "
+                        "above 0: sample from softmax(logits / temperature)")
+    g.add_argument("--top-k", type=_positive_int, default=None,
+                   help="sample from the K most likely characters only (with --temperature > 0)")
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="seed of the sampler: the same seed gives the same text on the same device "
+                        "(with --temperature > 0; default: a fresh seed every run)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--impl", choices=IMPLS, default=None,
+                   help="run on this implementation (default: the checkpoint's; a triton checkpoint on a CPU "
+                        "without TRITON_INTERPRET=1 runs on nn)")
     return parser
 
 
@@ -142,14 +186,43 @@ def _check_output_path(flag: str, path: str | None) -> None:
         raise UsageError(f"lstm-triton train: error: argument {flag}: directory {parent} is not writable")
 
 
+def _check_plot_path(path: str | None) -> None:
+    """``--plot``: a writable ``.png`` file path, and matplotlib importable (the charlm extra's)."""
+    if not path:
+        return
+    _check_output_path("--plot", path)
+    if Path(path).suffix.lower() != ".png":
+        raise UsageError(f"lstm-triton train: error: argument --plot: {path} does not end in .png, "
+                         f"the figure is written as PNG")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("lstm-triton train: error: argument --plot: needs matplotlib: "
+                         "pip install 'lstm-triton[charlm]'")
+
+
+def _plot_title(trainer: Trainer) -> str:
+    """The figure's title: cell, implementation and, for triton, the fusion level training runs."""
+    from .plot import perplexity_title
+
+    cfg, fusion = trainer.cfg, None
+    if cfg.impl == "triton":
+        from ..layers.backend import choose_fusion
+
+        ran = choose_fusion(cfg.fusion, cfg.batch_size, cfg.hidden_size, torch.float32, trainer.device,
+                            cell=cfg.mode.upper())
+        fusion = ran if cfg.fusion == ran else f"{cfg.fusion}: {ran}"
+    return perplexity_title(cfg.impl, cfg.cell, cfg.nonlinearity, fusion)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .model import predict
+    from .plot import plot_perplexity
 
     cfg = _config(args)
     _check_output_path("--save", args.save)  # a --resume file is checked when it is read
     _check_output_path("--metrics-csv", args.metrics_csv)
+    _check_plot_path(args.plot)
     try:
         trainer = Trainer(cfg, distributed.init_from_env(args.device))  # joins torchrun's group, if any
         if args.resume:
@@ -159,6 +232,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     save_path = args.save or args.resume
     main_process = distributed.is_main_process()  # under torchrun only rank 0 writes, prints and shows the bar
+    title = _plot_title(trainer) if args.plot else ""
+    first_epoch = trainer.epoch
     bar = tqdm(total=trainer.cfg.epochs, initial=trainer.epoch, unit="epoch",
                disable=args.no_progress or not main_process,
                desc=f"train {cfg.cell} {args.impl}", dynamic_ncols=True)
@@ -168,6 +243,8 @@ def run_train(args: argparse.Namespace) -> int:
             return
         if save_path:
             tr.save(save_path)
+        if args.plot:  # every epoch (history from epoch 1, resumed or not): an interrupted run keeps its figure
+            plot_perplexity(tr.metrics(), args.plot, title)
         bar.set_postfix(ppl=f"{row['train_perplexity']:.2f}", val=f"{row['val_perplexity']:.2f}",
                         tok_s=f"{row['tokens_per_sec']:.0f}")
         bar.update(1)
@@ -183,6 +260,8 @@ def run_train(args: argparse.Namespace) -> int:
     bar.close()
     if not main_process:
         return 0
+    if args.plot and trainer.epoch == first_epoch and trainer.history:  # resumed a finished run: no epoch drew it
+        plot_perplexity(metrics, args.plot, title)
 
     for prefix in PREFIXES:
         print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
@@ -198,6 +277,46 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate(args: argparse.Namespace) -> int:
+    """Print ``--prefix`` and ``--num-chars`` characters the checkpoint's model continues it with."""
+    from .generate import load_for_generation, sample, unknown_characters
+
+    def fail(message: str) -> UsageError:
+        return UsageError(f"lstm-triton generate: error: {message}")
+
+    if not args.prefix:
+        raise fail("argument --prefix: expected a non-empty string (the model needs a character to start from)")
+    if args.temperature == 0:  # greedy: a sampler option would be silently ignored
+        for flag, value in (("--top-k", args.top_k), ("--seed", args.seed)):
+            if value is not None:
+                raise fail(f"argument {flag}: applies to sampling (--temperature > 0), not greedy decoding")
+    try:
+        device = resolve_device(args.device)
+        loaded = load_for_generation(args.checkpoint, device, args.impl)
+    except (ValueError, CheckpointError) as exc:
+        raise fail(str(exc).splitlines()[0]) from None
+    unknown = unknown_characters(args.prefix, loaded.vocab)
+    if unknown:
+        known = "".join(sorted(t for t in loaded.vocab.idx_to_token if len(t) == 1))
+        raise fail(f"argument --prefix: characters outside the checkpoint's vocabulary: "
+                   f"{', '.join(map(repr, unknown))} (it has {known!r})")
+    if loaded.note:
+        print(f"lstm-triton generate: {loaded.note}", file=sys.stderr)
+
+    generator = None
+    if args.temperature > 0:
+        generator = torch.Generator(device=device)
+        if args.seed is None:
+            generator.seed()  # a fresh, non-deterministic seed
+        else:
+            generator.manual_seed(args.seed)
+    with loaded.autocast():
+        text = sample(loaded.model, args.prefix, args.num_chars, loaded.vocab, device,
+                      temperature=args.temperature, top_k=args.top_k, generator=generator)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -209,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 return code
             finally:
                 distributed.teardown()
+        if args.command == "generate":
+            return run_generate(args)
         if args.command == "kernels":
             from ..layers.kernel_report import main as report
 

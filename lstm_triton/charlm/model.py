@@ -58,22 +58,10 @@ class CharLM(nn.Module):
         return h, torch.zeros(shape, device=device, dtype=dtype)
 
 
-@torch.no_grad()
 def predict(model: CharLM, prefix: str, num_preds: int, vocab, device: torch.device | str = "cpu") -> str:
-    """Greedy continuation of ``prefix`` (d2l's predict_ch8): warm up on the prefix, then argmax."""
-    if not prefix:
-        raise ValueError("prefix must be a non-empty string")
-    was_training = model.training
-    model.eval()
-    try:
-        ids = vocab.encode(prefix)
-        state = model.begin_state(1, device)
-        out = list(ids)
-        if len(ids) > 1:  # warm-up: feed all but the last prefix character in one call
-            _, state = model(torch.tensor([ids[:-1]], device=device), state)
-        for _ in range(num_preds):
-            logits, state = model(torch.tensor([[out[-1]]], device=device), state)
-            out.append(int(logits.argmax(dim=1)[0]))
-        return vocab.decode(out)
-    finally:
-        model.train(was_training)
+    """Greedy continuation of ``prefix`` (d2l's predict_ch8): warm up on the prefix, then argmax.
+
+    The greedy case of :func:`lstm_triton.charlm.generate.sample` (one code path for both)."""
+    from .generate import sample  # here: generate.py imports this module
+
+    return sample(model, prefix, num_preds, vocab, device)
