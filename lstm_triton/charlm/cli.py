@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden-size", type=_positive_int, default=None,
                    help="hidden units (default: d2l's for the cell: "
                         + ", ".join(f"{n} for {c}" for c, n in DEFAULT_HIDDEN.items()) + ")")
+    t.add_argument("--num-layers", type=_positive_int, default=1,
+                   help="stacked recurrent layers (default 1; d2l's deep RNN: --num-layers 2 --lr 2)")
     t.add_argument("--max-tokens", type=_positive_int, default=10_000, help="training window (default 10000)")
     t.add_argument("--val-tokens", type=_non_negative_int, default=5_000,
                    help="validation tokens taken after the training window (default 5000; 0 = none)")
@@ -118,6 +120,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         use_random_iter=args.random_iter, clip=args.clip, seed=args.seed, init=args.init,
         fusion=args.fusion or "auto", eval_every=args.eval_every, corpus=args.corpus,
         cell=args.cell, nonlinearity=args.nonlinearity or "tanh",
+        num_layers=args.num_layers,
     )
 
 

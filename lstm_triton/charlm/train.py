@@ -9,6 +9,8 @@ loss = mean cross-entropy, perplexity = exp(mean loss over the epoch). With the 
 iterator the state is carried across batches (and detached); with the random iterator it is
 re-initialised every batch. tokens/s counts training tokens over training time only, with the
 device synchronised before each clock read.
+
+``num_layers`` stacks recurrent layers (d2l §9.3, deep RNNs: d2l trains 2 layers at lr 2).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class TrainConfig:
     """Everything that defines a training run; d2l's LSTM chapter values by default.
 
     ``hidden_size=None`` (the default) becomes the cell's d2l value on construction: 256 for lstm
-    and gru, 512 for rnn. ``nonlinearity`` applies to ``cell="rnn"`` only.
+    and gru, 512 for rnn. ``nonlinearity`` applies to ``cell="rnn"`` only. ``num_layers`` (1):
+    stacked recurrent layers.
     """
 
     impl: str = "nn"
@@ -62,6 +65,7 @@ class TrainConfig:
     corpus: str | None = None
     cell: str = "lstm"
     nonlinearity: str = "tanh"
+    num_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.hidden_size is None and self.cell in CELLS:
@@ -79,7 +83,7 @@ class TrainConfig:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name in ("epochs", "batch_size", "num_steps", "hidden_size", "max_tokens", "eval_every"):
+        for name in ("epochs", "batch_size", "num_steps", "hidden_size", "max_tokens", "eval_every", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -139,7 +143,7 @@ class Trainer:
         self.model: CharLM = build_char_lm(
             cfg.impl, len(self.data.vocab), cfg.hidden_size,
             seed=cfg.seed, init=cfg.init, fusion=cfg.fusion, device=self.device,
-            cell=cfg.cell, nonlinearity=cfg.nonlinearity,
+            cell=cfg.cell, nonlinearity=cfg.nonlinearity, num_layers=cfg.num_layers,
         )
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -235,6 +239,10 @@ class Trainer:
         if saved_mode != self.cfg.mode:
             raise CheckpointError(f"resume: {path} holds a {_cell_words(saved_mode)} model, this run trains "
                                   f"{_cell_words(self.cfg.mode)} (check --cell and --nonlinearity)")
+        saved_layers = saved.get("num_layers", 1)  # checkpoints from before num_layers: one layer
+        if saved_layers != self.cfg.num_layers:
+            raise CheckpointError(f"resume: {path} holds a {saved_layers}-layer model, this run trains "
+                                  f"{self.cfg.num_layers} (check --num-layers)")
         if payload["vocab"] != self.data.vocab.idx_to_token:
             raise CheckpointError(f"resume: {path} was trained on a corpus with a different vocabulary")
         check_compatible(portable_state_dict(self.model), payload["model"], str(path))
