@@ -7,6 +7,7 @@
 ``impls.py``                   implementation name + cell -> recurrent layer, from identical weights
 ``model.py``                   the char LM (one-hot -> recurrent layer -> linear) and ``predict``
 ``train.py`` / ``checkpoint.py``  the training loop (perplexity, tokens/s) and its checkpoints
+``precision.py`` / ``compiled.py``  its autocast (bf16, fp16 with loss scaling) and torch.compile
 ``cli.py``                     the ``lstm-triton`` command
 """
 

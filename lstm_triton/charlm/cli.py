@@ -15,8 +15,10 @@ from pathlib import Path
 from .. import __version__
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
+from .compiled import COMPILE_BACKENDS
 from .data import CorpusError
 from .impls import IMPLS, INITS
+from .precision import DTYPES
 from .train import TrainConfig, Trainer
 
 PREFIXES = ("time traveller", "traveller")
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive_int, default=1, help="validate every N epochs (and at the end)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                   help="autocast precision of the forward and loss (weights stay fp32; fp16 scales the loss)")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile")
+    t.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=None,
+                   help="torch.compile backend for --compile (default: inductor)")
     t.add_argument("--corpus", default=None, help="UTF-8 text file to train on (default: The Time Machine)")
     t.add_argument("--save", default=None, help="checkpoint written atomically after every epoch")
     t.add_argument("--resume", default=None, help="checkpoint to continue from (also saved to, unless --save)")
@@ -114,13 +121,16 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     if args.fusion is not None and args.impl != "triton":
         raise UsageError(f"lstm-triton train: error: argument --fusion: applies to --impl triton only, "
                          f"not --impl {args.impl}")
+    if args.compile_backend is not None and not args.compile:
+        raise UsageError("lstm-triton train: error: argument --compile-backend: applies with --compile only")
     return TrainConfig(
         impl=args.impl, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_steps=args.num_steps,
         hidden_size=args.hidden_size, max_tokens=args.max_tokens, val_tokens=args.val_tokens,
         use_random_iter=args.random_iter, clip=args.clip, seed=args.seed, init=args.init,
         fusion=args.fusion or "auto", eval_every=args.eval_every, corpus=args.corpus,
         cell=args.cell, nonlinearity=args.nonlinearity or "tanh",
-        num_layers=args.num_layers,
+        num_layers=args.num_layers, dtype=args.dtype, compile=args.compile,
+        compile_backend=args.compile_backend or "inductor",
     )
 
 
@@ -174,7 +184,8 @@ def run_train(args: argparse.Namespace) -> int:
     bar.close()
 
     for prefix in PREFIXES:
-        print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
+        with trainer.autocast():
+            print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
     if args.metrics_csv:
         buffer = io.StringIO()
         metrics.to_csv(buffer, index=False)
