@@ -40,20 +40,21 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def char_lm_losses(impl: str, steps: int = 20, fusion: str = "auto", hidden: int = 32, seed: int = 3,
                    device: str = "cpu", *, cell: str = "lstm", nonlinearity: str = "tanh",
-                   prepare=None, compile_mode: str | None = None) -> torch.Tensor:
-    """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches;
-    the per-step losses. Weights depend only on ``seed`` (and the cell), so every impl starts
-    identical. ``prepare(model)``, if given, runs on the model before training; ``compile_mode``
-    trains through ``torch.compile(model, mode=compile_mode)`` (the carried state is cloned: CUDA
-    graphs overwrite their outputs on the next replay)."""
+                   prepare=None, compile_mode: str | None = None, num_layers: int = 1,
+                   seq_len: int = 12) -> torch.Tensor:
+    """Train a char LM ``steps`` SGD steps (lr 1, clip 1, state carried) on fixed random batches of
+    8 × ``seq_len`` tokens; the per-step losses. Weights depend only on ``seed`` (and the cell, and
+    ``num_layers``), so every impl starts identical. ``prepare(model)``, if given, runs on the model
+    before training; ``compile_mode`` trains through ``torch.compile(model, mode=compile_mode)``
+    (the carried state is cloned: CUDA graphs overwrite their outputs on the next replay)."""
     from lstm_triton.charlm.impls import build_char_lm
     from lstm_triton.charlm.model import detach_state
     from lstm_triton.charlm.train import clip_gradients
 
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, 28, (8, 12), generator=gen) for _ in range(steps + 1)]
+    batches = [torch.randint(0, 28, (8, seq_len), generator=gen) for _ in range(steps + 1)]
     model = build_char_lm(impl, 28, hidden, seed=seed, fusion=fusion, device=device, cell=cell,
-                          nonlinearity=nonlinearity)
+                          nonlinearity=nonlinearity, num_layers=num_layers)
     if prepare is not None:
         prepare(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)

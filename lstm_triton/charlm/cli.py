@@ -21,8 +21,10 @@ from .. import __version__
 from . import distributed
 from .cells import CELLS, DEFAULT_HIDDEN, NONLINEARITIES
 from .checkpoint import CheckpointError, atomic_write
+from .compiled import COMPILE_BACKENDS
 from .data import CorpusError
 from .impls import IMPLS, INITS
+from .precision import DTYPES
 from .train import TrainConfig, Trainer, resolve_device
 
 PREFIXES = ("time traveller", "traveller")
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden-size", type=_positive_int, default=None,
                    help="hidden units (default: d2l's for the cell: "
                         + ", ".join(f"{n} for {c}" for c, n in DEFAULT_HIDDEN.items()) + ")")
+    t.add_argument("--num-layers", type=_positive_int, default=1,
+                   help="stacked recurrent layers (default 1; d2l's deep RNN: --num-layers 2 --lr 2)")
     t.add_argument("--max-tokens", type=_positive_int, default=10_000, help="training window (default 10000)")
     t.add_argument("--val-tokens", type=_non_negative_int, default=5_000,
                    help="validation tokens taken after the training window (default 5000; 0 = none)")
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive_int, default=1, help="validate every N epochs (and at the end)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                   help="autocast precision of the forward and loss (weights stay fp32; fp16 scales the loss)")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile")
+    t.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=None,
+                   help="torch.compile backend for --compile (default: inductor)")
     t.add_argument("--corpus", default=None, help="UTF-8 text file to train on (default: The Time Machine)")
     t.add_argument("--save", default=None, help="checkpoint written atomically after every epoch")
     t.add_argument("--resume", default=None, help="checkpoint to continue from (also saved to, unless --save)")
@@ -163,12 +172,16 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         distributed.check_batch_split(args.batch_size, distributed.env_world_size())
     except ValueError as exc:
         raise UsageError(f"lstm-triton train: error: argument --batch-size: {exc}") from None
+    if args.compile_backend is not None and not args.compile:
+        raise UsageError("lstm-triton train: error: argument --compile-backend: applies with --compile only")
     return TrainConfig(
         impl=args.impl, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, num_steps=args.num_steps,
         hidden_size=args.hidden_size, max_tokens=args.max_tokens, val_tokens=args.val_tokens,
         use_random_iter=args.random_iter, clip=args.clip, seed=args.seed, init=args.init,
         fusion=args.fusion or "auto", eval_every=args.eval_every, corpus=args.corpus,
         cell=args.cell, nonlinearity=args.nonlinearity or "tanh",
+        num_layers=args.num_layers, dtype=args.dtype, compile=args.compile,
+        compile_backend=args.compile_backend or "inductor",
     )
 
 
@@ -264,7 +277,8 @@ def run_train(args: argparse.Namespace) -> int:
         plot_perplexity(metrics, args.plot, title)
 
     for prefix in PREFIXES:
-        print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
+        with trainer.autocast():
+            print(predict(trainer.model, prefix, args.num_preds, trainer.data.vocab, trainer.device))
     if args.metrics_csv:
         buffer = io.StringIO()
         metrics.to_csv(buffer, index=False)

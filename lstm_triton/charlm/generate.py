@@ -26,9 +26,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import Vocab
 from .impls import IMPLS, build_char_lm, load_portable_state_dict
 from .model import CharLM, State
-
-# TrainConfig.dtype (training under autocast, weights fp32) -> the autocast dtype; fp32 = no autocast.
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import DTYPES, autocast
 
 
 def warm_up(model: CharLM, ids: list[int], device: torch.device | str) -> State:
@@ -122,10 +120,7 @@ class LoadedModel:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast the run trained and predicted under (``config['dtype']``; none for fp32)."""
-        dtype = AUTOCAST_DTYPES[self.config.get("dtype", "fp32")]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
+        return autocast(next(self.model.parameters()).device, self.config.get("dtype", "fp32"))
 
 
 def load_for_generation(path: str | Path, device: torch.device | str = "cpu", impl: str | None = None) -> LoadedModel:
@@ -154,7 +149,7 @@ def load_for_generation(path: str | Path, device: torch.device | str = "cpu", im
         cell_mode(config.get("cell", "lstm"), config.get("nonlinearity", "tanh"))
     except ValueError as exc:
         raise CheckpointError(f"checkpoint: {path} records an unknown cell ({exc})") from None
-    if config.get("dtype", "fp32") not in AUTOCAST_DTYPES:
+    if config.get("dtype", "fp32") not in DTYPES:
         raise CheckpointError(f"checkpoint: {path} records an unknown dtype {config.get('dtype')!r}")
 
     saved_impl, note = config.get("impl"), None
@@ -170,13 +165,10 @@ def load_for_generation(path: str | Path, device: torch.device | str = "cpu", im
     if impl not in IMPLS:
         raise CheckpointError(f"checkpoint: {path} records an unknown impl {saved_impl!r}")
 
-    layers = config.get("num_layers", 1)  # checkpoints before --num-layers are single-layer
-    # build_char_lm learns num_layers with deep char LMs; single-layer calls stay valid without it.
-    deep = {"num_layers": layers} if layers != 1 else {}
-    try:
+    try:  # checkpoints written before --num-layers are single-layer
         model = build_char_lm(impl, len(vocab), config.get("hidden_size"), fusion=config.get("fusion", "auto"),
                               cell=config.get("cell", "lstm"), nonlinearity=config.get("nonlinearity", "tanh"),
-                              **deep)
+                              num_layers=config.get("num_layers", 1))
         load_portable_state_dict(model, payload["model"])
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -9,6 +9,9 @@ Cells: ``lstm``, ``gru``, ``rnn`` (``nonlinearity`` tanh or relu), see :mod:`lst
 Every implementation starts from the same weights for the same seed: the canonical weights are
 drawn once in d2l's scratch layout (``randn * 0.01``, zero biases, d2l's draw order) and converted
 exactly, so that perplexity curves are comparable. ``init="torch"`` uses torch.nn's default init.
+With ``num_layers=L`` the layer is d2l's deep RNN (§9.3): the naive impl stacks the scratch layers
+(``naive_stack.py``), drawn layer 0 then layer 1 ... as d2l's ``StackedRNNScratch`` draws them, and
+nn / triton get the same weights as ``weight_ih_l{k}`` etc. of one ``num_layers=L`` layer.
 
 With the seed's init the *model* is d2l's too: one bias per gate. PyTorch's layout has two
 (``bias_ih + bias_hh``); SGD on both moves their sum twice as fast as SGD on one bias, and the
@@ -30,6 +33,7 @@ from ..layers.lstm import LSTM
 from .cells import DEFAULT_HIDDEN, GATES, cell_mode, nn_class, nn_kwargs
 from .model import CharLM
 from .naive_cells import NAIVE_TYPES, from_nn_weights, new_naive, to_nn_weights
+from .naive_stack import count_layers
 
 IMPLS = ("naive", "nn", "triton")
 INITS = ("seed", "torch")
@@ -43,16 +47,18 @@ def triton_class(mode: str) -> type[nn.Module]:
     return TRITON_CLASSES[mode]
 
 
-def _nn_layer_weights(mode: str, vocab_size: int, hidden_size: int, init: str) -> dict[str, torch.Tensor]:
+def _nn_layer_weights(mode: str, vocab_size: int, hidden_size: int, init: str,
+                      num_layers: int = 1) -> dict[str, torch.Tensor]:
     if init == "seed":
-        return to_nn_weights(new_naive(mode, vocab_size, hidden_size))
-    layer = nn_class(mode)(vocab_size, hidden_size, **nn_kwargs(mode))
+        return to_nn_weights(new_naive(mode, vocab_size, hidden_size, num_layers))
+    layer = nn_class(mode)(vocab_size, hidden_size, num_layers=num_layers, **nn_kwargs(mode))
     return {k: v.detach() for k, v in layer.state_dict().items()}
 
 
 def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str = "auto", *,
                        cell: str = "lstm", nonlinearity: str = "tanh") -> nn.Module:
-    """A single-layer ``cell`` of ``impl`` holding exactly ``weights`` (PyTorch layer-0 names, on the CPU).
+    """A ``cell`` layer of ``impl`` holding exactly ``weights`` (PyTorch names, on the CPU): one layer
+    for ``*_l0`` weights, ``num_layers=L`` (a :class:`NaiveStack` for naive) for ``*_l0 .. *_l{L-1}``.
 
     ValueError for an unknown impl, cell or nonlinearity, or weights whose shapes do not fit the cell.
     """
@@ -66,10 +72,12 @@ def layer_from_weights(impl: str, weights: dict[str, torch.Tensor], fusion: str 
                          f"has {GATES[mode] * hidden}")
     if impl == "naive":
         return from_nn_weights(mode, weights)
+    num_layers = count_layers(weights)
     if impl == "nn":
-        layer = nn_class(mode)(input_size, hidden, **nn_kwargs(mode))
+        layer = nn_class(mode)(input_size, hidden, num_layers=num_layers, **nn_kwargs(mode))
     else:  # backend="triton": never a silent torch fallback
-        layer = triton_class(mode)(input_size, hidden, **nn_kwargs(mode), fusion=fusion, backend="triton")
+        layer = triton_class(mode)(input_size, hidden, num_layers=num_layers, **nn_kwargs(mode), fusion=fusion,
+                                   backend="triton")
     layer.load_state_dict(weights)
     return layer
 
@@ -85,11 +93,13 @@ def build_char_lm(
     device: torch.device | str = "cpu",
     cell: str = "lstm",
     nonlinearity: str = "tanh",
+    num_layers: int = 1,
 ) -> CharLM:
     """A CharLM whose weights depend only on ``(cell, nonlinearity, vocab_size, hidden_size, seed,
-    init)``, never on ``impl``. ``hidden_size`` defaults to d2l's for the cell (256 for lstm and gru,
-    512 for rnn). ValueError (one line, naming the argument) for bad input, including
-    ``impl="triton"`` for a cell whose Triton layer this version lacks."""
+    init, num_layers)``, never on ``impl``. ``hidden_size`` defaults to d2l's for the cell (256 for
+    lstm and gru, 512 for rnn). ``num_layers`` stacks that many recurrent layers (d2l §9.3; the seed's
+    draw: layer 0, layer 1, ..., then the output layer). ValueError (one line, naming the argument)
+    for bad input, including ``impl="triton"`` for a cell whose Triton layer this version lacks."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if init not in INITS:
@@ -99,10 +109,12 @@ def build_char_lm(
         hidden_size = DEFAULT_HIDDEN[cell]
     if vocab_size <= 0 or hidden_size <= 0:
         raise ValueError(f"vocab_size and hidden_size must be positive, got {vocab_size}, {hidden_size}")
+    if not isinstance(num_layers, int) or num_layers <= 0:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        weights = _nn_layer_weights(mode, vocab_size, hidden_size, init)
+        weights = _nn_layer_weights(mode, vocab_size, hidden_size, init, num_layers)
         head = nn.Linear(hidden_size, vocab_size)
         if init == "seed":  # the seed's W_hq = randn * 0.01, b_q = 0
             with torch.no_grad():

@@ -1,5 +1,6 @@
 """d2l's scratch GRU and plain RNN (tanh or relu), one Python step per time step, and exact
-conversion of every naive layer (LSTM included) to and from PyTorch's layout.
+conversion of every naive layer (LSTM included), and of stacks of them (``naive_stack.py``), to and
+from PyTorch's layout.
 
 Parameters are d2l's, with d2l's names, shapes, draw order and init (``randn * 0.01`` weights,
 zero biases):
@@ -33,11 +34,14 @@ block (``(H×I)``, ``(H×H)``). Biases other than ``b_hn``: ``to_nn`` writes the
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from .cells import GATES, MODES, NONLINEARITIES
 from .naive import NaiveLSTM, from_nn_lstm, to_nn_lstm
+from .naive_stack import NaiveStack, count_layers, layer_weights, stack_layers, with_layer_suffix
 
 GRU_GATES = ("z", "r", "h")  # d2l's draw order: update, reset, candidate
 GRU_NN_ORDER = ("r", "z", "h")  # nn.GRU's row blocks [r, z, n]; d2l calls n "h"
@@ -231,11 +235,15 @@ def from_nn_rnn(state: dict[str, torch.Tensor], naive: NaiveRNN | None = None,
     return naive
 
 
-NAIVE_TYPES = (NaiveLSTM, NaiveGRU, NaiveRNN)
+NAIVE_TYPES = (NaiveLSTM, NaiveGRU, NaiveRNN, NaiveStack)
 
 
-def new_naive(mode: str, input_size: int, hidden_size: int) -> nn.Module:
-    """A freshly initialised naive layer for ``mode`` (d2l's init, drawn from torch's global RNG)."""
+def new_naive(mode: str, input_size: int, hidden_size: int, num_layers: int = 1) -> nn.Module:
+    """A freshly initialised naive layer for ``mode`` (d2l's init, drawn from torch's global RNG);
+    for ``num_layers > 1`` a :class:`NaiveStack` of them drawn in d2l's deep-RNN order (layer 0,
+    then layer 1, ...: :func:`stack_layers`). ValueError for an unknown mode or ``num_layers < 1``."""
+    if num_layers != 1:
+        return stack_layers(lambda i, h: new_naive(mode, i, h), input_size, hidden_size, num_layers)
     if mode == "lstm":
         return NaiveLSTM(input_size, hidden_size)
     if mode == "gru":
@@ -246,7 +254,11 @@ def new_naive(mode: str, input_size: int, hidden_size: int) -> nn.Module:
 
 
 def to_nn_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """PyTorch layer-0 weights of any naive layer (exact)."""
+    """PyTorch weights of any naive layer or stack (exact): ``*_l0`` for a layer, ``*_l0`` ..
+    ``*_l{L-1}`` for a :class:`NaiveStack` of ``L`` layers (nn's ``num_layers=L`` names)."""
+    if isinstance(layer, NaiveStack):
+        return {key: value for k, sub in enumerate(layer.layers)
+                for key, value in with_layer_suffix(to_nn_weights(sub), k).items()}
     if isinstance(layer, NaiveLSTM):
         return to_nn_lstm(layer)
     if isinstance(layer, NaiveGRU):
@@ -257,12 +269,31 @@ def to_nn_weights(layer: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def from_nn_weights(mode: str, state: dict[str, torch.Tensor], naive: nn.Module | None = None) -> nn.Module:
-    """A naive layer of ``mode`` holding PyTorch layer-0 weights ``state`` (loaded into ``naive`` if given).
+    """A naive layer of ``mode`` holding PyTorch weights ``state`` (loaded into ``naive`` if given):
+    a single layer for ``*_l0`` weights, a :class:`NaiveStack` for ``L > 1`` layers.
 
-    ValueError if ``mode`` is unknown or the weights' shapes are not those of a ``mode`` layer.
+    ValueError if ``mode`` is unknown, the weights' shapes are not those of a ``mode`` layer (or
+    stack), or ``naive`` has another number of layers; a given ``naive`` is left unchanged then.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    num_layers = count_layers(state)
+    have = None if naive is None else getattr(naive, "num_layers", 1)
+    if have is not None and have != num_layers:
+        raise ValueError(f"the weights hold {num_layers} layer(s), the naive {type(naive).__name__} {have}")
+    if num_layers > 1 or isinstance(naive, NaiveStack):
+        trial = None if naive is None else copy.deepcopy(naive)  # all layers checked before naive changes
+        layers = []
+        for k in range(num_layers):
+            try:
+                target = None if trial is None else trial.layers[k]
+                layers.append(from_nn_weights(mode, layer_weights(state, k), target))
+            except ValueError as exc:  # its names say l0: say which layer
+                raise ValueError(f"layer {k} of {num_layers}: {exc}") from None
+        if naive is None:
+            return NaiveStack(layers)
+        naive.load_state_dict(trial.state_dict())
+        return naive
     rows, hidden = state["weight_ih_l0"].shape[0], state["weight_hh_l0"].shape[-1]
     if rows != GATES[mode] * hidden:
         raise ValueError(f"weights of {rows // max(hidden, 1)} row blocks do not fit cell mode {mode!r} "

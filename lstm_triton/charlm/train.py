@@ -13,6 +13,12 @@ device synchronised before each clock read.
 Under torchrun (:mod:`lstm_triton.charlm.distributed`) each rank trains its share of every batch's
 rows through DistributedDataParallel; losses, token counts and tokens/s are summed over the ranks,
 so a run on W processes reports what one process reports for the same global ``batch_size``.
+
+``num_layers`` stacks recurrent layers (d2l §9.3, deep RNNs: d2l trains 2 layers at lr 2).
+``dtype`` bf16 / fp16 trains under autocast (``precision.py``; weights stay fp32), and so evaluates;
+``compile`` runs the training forward through ``torch.compile`` (``compile_backend``), while the
+eager module, which shares its parameters, is the one evaluated, saved and resumed, so checkpoints
+are the same with or without it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from ..kernels.launch_config import interpreter_on
 from . import distributed
 from .cells import CELLS, DEFAULT_HIDDEN, cell_mode
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .compiled import check_backend, compile_for_training
 from .data import CharData
 from .impls import IMPLS, INITS, build_char_lm, load_portable_state_dict, portable_state_dict
 from .model import CharLM, detach_state
+from .precision import autocast, check_autocast_runs, check_dtype, grad_scaler
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_perplexity", "val_perplexity", "tokens", "seconds", "tokens_per_sec",
@@ -47,7 +55,9 @@ class TrainConfig:
     """Everything that defines a training run; d2l's LSTM chapter values by default.
 
     ``hidden_size=None`` (the default) becomes the cell's d2l value on construction: 256 for lstm
-    and gru, 512 for rnn. ``nonlinearity`` applies to ``cell="rnn"`` only.
+    and gru, 512 for rnn. ``nonlinearity`` applies to ``cell="rnn"`` only. ``num_layers`` (1):
+    stacked recurrent layers; ``dtype`` (``fp32``, ``bf16``, ``fp16``): the autocast precision;
+    ``compile`` / ``compile_backend``: train through ``torch.compile`` with that backend.
     """
 
     impl: str = "nn"
@@ -67,6 +77,10 @@ class TrainConfig:
     corpus: str | None = None
     cell: str = "lstm"
     nonlinearity: str = "tanh"
+    num_layers: int = 1
+    dtype: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.hidden_size is None and self.cell in CELLS:
@@ -84,7 +98,7 @@ class TrainConfig:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name in ("epochs", "batch_size", "num_steps", "hidden_size", "max_tokens", "eval_every"):
+        for name in ("epochs", "batch_size", "num_steps", "hidden_size", "max_tokens", "eval_every", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -94,6 +108,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_dtype(self.dtype)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        check_backend(self.compile_backend)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -146,15 +164,25 @@ class Trainer:
         self.model: CharLM = build_char_lm(
             cfg.impl, len(self.data.vocab), cfg.hidden_size,
             seed=cfg.seed, init=cfg.init, fusion=cfg.fusion, device=self.device,
-            cell=cfg.cell, nonlinearity=cfg.nonlinearity,
+            cell=cfg.cell, nonlinearity=cfg.nonlinearity, num_layers=cfg.num_layers,
         )
+        check_autocast_runs(self.model, self.device, cfg.dtype, f"impl {cfg.impl!r} cell {cfg.cell!r}")
         self.train_model = distributed.wrap(self.model, self.device)  # DDP under torchrun, else self.model
+        # the training forward (compiled around DDP, as torch.compile expects it); self.model (same
+        # parameters) is what is evaluated and saved
+        self.forward = (compile_for_training(self.train_model, cfg.compile_backend, self.device) if cfg.compile
+                        else self.train_model)
+        self.scaler = grad_scaler(self.device, cfg.dtype)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr)
         self.loss_fn = nn.CrossEntropyLoss()
         self.rng = random.Random(cfg.seed)  # data order: offsets and shuffles
         torch.manual_seed(cfg.seed)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
+
+    def autocast(self):
+        """The precision context of this run's forward passes (``cfg.dtype``; a no-op for fp32)."""
+        return autocast(self.device, self.cfg.dtype)
 
     # -- one epoch -------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -170,14 +198,19 @@ class Trainer:
                 state = model.begin_state(X.shape[0], device)
             else:
                 state = detach_state(state)
-            logits, state = self.train_model(X, state)
-            loss = self.loss_fn(logits, y)  # under DDP: the mean over this rank's rows
+            with self.autocast():
+                logits, state = self.forward(X, state)
+                loss = self.loss_fn(logits, y)  # under DDP: the mean over this rank's rows
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # The scaler is a pass-through unless fp16: there the loss is scaled, the gradients are
+            # unscaled before clipping, and a step with inf/NaN gradients is skipped (one host read).
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             # Under DDP the backward has all-reduced the gradients into the global mean's, the same
             # on every rank, so this local norm is the global norm (tests/test_ddp.py checks both).
             clip_gradients(model, self.cfg.clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             loss_sum += loss.detach() * y.numel()  # stays on the device: read once per epoch
             tokens += y.numel()
         synchronize(device)
@@ -200,8 +233,10 @@ class Trainer:
         state, loss_sum, tokens = None, 0.0, 0
         for X, Y in distributed.shard_rows(self.data.val_batches(), self.rank, self.world_size):
             X, y = X.to(self.device), Y.T.reshape(-1).to(self.device)
-            logits, state = model(X, state if state is not None else model.begin_state(X.shape[0], self.device))
-            loss_sum += self.loss_fn(logits, y).double() * y.numel()  # on the device: one read at the end
+            with self.autocast():
+                logits, state = model(X, state if state is not None else model.begin_state(X.shape[0], self.device))
+                loss = self.loss_fn(logits, y)
+            loss_sum += loss.double() * y.numel()  # on the device: one read at the end
             tokens += y.numel()
         model.train()
         loss_sum, tokens = distributed.sum_over_ranks(loss_sum, tokens)
@@ -234,6 +269,7 @@ class Trainer:
             "history": self.history,
             "data_rng": self.rng.getstate(),
             "torch_rng": torch.random.get_rng_state(),
+            "grad_scaler": self.scaler.state_dict(),  # {} unless fp16: its loss scale and step count
         })
 
     def resume(self, path: str | Path) -> None:
@@ -248,6 +284,10 @@ class Trainer:
         if saved_mode != self.cfg.mode:
             raise CheckpointError(f"resume: {path} holds a {_cell_words(saved_mode)} model, this run trains "
                                   f"{_cell_words(self.cfg.mode)} (check --cell and --nonlinearity)")
+        saved_layers = saved.get("num_layers", 1)  # checkpoints from before num_layers: one layer
+        if saved_layers != self.cfg.num_layers:
+            raise CheckpointError(f"resume: {path} holds a {saved_layers}-layer model, this run trains "
+                                  f"{self.cfg.num_layers} (check --num-layers)")
         if payload["vocab"] != self.data.vocab.idx_to_token:
             raise CheckpointError(f"resume: {path} was trained on a corpus with a different vocabulary")
         check_compatible(portable_state_dict(self.model), payload["model"], str(path))
@@ -261,6 +301,8 @@ class Trainer:
             group["lr"] = self.cfg.lr
         self.epoch = payload["epoch"]
         self.history = list(payload["history"])
+        if self.scaler.is_enabled() and payload.get("grad_scaler"):
+            self.scaler.load_state_dict(payload["grad_scaler"])
         self.rng.setstate(payload["data_rng"])
         torch.random.set_rng_state(payload["torch_rng"])
 
