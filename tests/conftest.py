@@ -25,7 +25,7 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 # finishes a long file while the other idles (longest-processing-time-first scheduling).
 HEAVIEST_FIRST = ("test_bench_report.py", "test_train_triton.py", "test_persistent_multiprogram.py",
                   "test_lstm_triton.py", "test_aot_compile.py", "test_gru_rnn.py", "test_nn_conformance.py",
-                  "test_autocast.py", "test_no_host_sync.py", "test_tooling.py")
+                  "test_autocast.py", "test_no_host_sync.py", "test_tooling.py", "test_ddp.py")
 
 
 def pytest_collection_modifyitems(items):
