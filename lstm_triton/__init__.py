@@ -7,7 +7,7 @@ The package holds two halves:
                         needs torch and triton (and numpy) only
 ``lstm_triton.charlm``  the d2l application: Time Machine data, char-LM model, naive baselines,
                         training loop, checkpoints, CLI (``lstm-triton``); needs the ``charlm`` extra
-                        (``pip install lstm-triton[charlm]``: pandas, tqdm)
+                        (``pip install lstm-triton[charlm]``: pandas, tqdm, matplotlib)
 
 ``import lstm_triton`` loads the layers only; the application's names below (``CharLM``, ``train``, …)
 are imported on first use, so a user of the layers never imports pandas or tqdm.
