@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lstm_triton.charlm import checkpoint, cli, distributed
+from lstm_triton.charlm import checkpoint, cli, distributed, plot
 from lstm_triton.charlm import train as train_module
 from lstm_triton.charlm.impls import build_char_lm
 from lstm_triton.charlm.train import clip_gradients
@@ -87,7 +87,7 @@ def run_ranks(target, out_dir: Path) -> list[tuple[int, str, str]]:
 
 
 def _logging_writes(log: list):
-    """Wrap atomic_write (every file the CLI writes: checkpoints, CSV) to record which rank wrote
+    """Wrap atomic_write (every file the CLI writes: checkpoints, CSV, figure) to record which rank wrote
     what, and when it was done (CLOCK_MONOTONIC: one clock for all processes of the machine)."""
     original = checkpoint.atomic_write
 
@@ -95,7 +95,7 @@ def _logging_writes(log: list):
         original(path, write)
         log.append((Path(path).name, time.monotonic()))
 
-    checkpoint.atomic_write = cli.atomic_write = logged
+    checkpoint.atomic_write = cli.atomic_write = plot.atomic_write = logged
 
 
 SLOW_EPOCH = 1000.0  # s: every epoch of the rank given the slow clock lasts exactly this long
@@ -160,12 +160,13 @@ def assert_same_run(csv: Path, ckpt: Path | None, ref_csv: Path, ref_ckpt: Path 
 
 @pytest.fixture(scope="module")
 def two_and_one(tmp_path_factory):
-    """The same run (ARGS, --save, --metrics-csv) on 2 ranks and in one plain process:
+    """The same run (ARGS, --save, --metrics-csv, --plot) on 2 ranks and in one plain process:
     {"two": (its directory, each rank's results), "one": (its directory, its results)}."""
     two, one = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("one")
 
     def files(where):
-        return ["--save", str(where / "run.ckpt"), "--metrics-csv", str(where / "metrics.csv")]
+        return ["--save", str(where / "run.ckpt"), "--metrics-csv", str(where / "metrics.csv"),
+                "--plot", str(where / "ppl.png")]
 
     return {"two": (two, cli_on_ranks([*ARGS, *files(two)], tmp_path_factory.mktemp("ranks"), slow_rank=1)),
             "one": (one, cli_one_process([*ARGS, *files(one)]))}
@@ -184,13 +185,14 @@ def test_two_processes_train_as_one_process_on_the_same_global_batch(two_and_one
 def test_only_rank_0_writes_and_prints(two_and_one):
     (two, ranks), (_, single) = two_and_one["two"], two_and_one["one"]
     rank0, rank1 = ranks
-    assert [name for name, _ in rank0["writes"]] == ["run.ckpt", "run.ckpt", "metrics.csv"]  # per epoch, at the end
+    # per epoch the checkpoint and the figure, at the end the CSV
+    assert [name for name, _ in rank0["writes"]] == ["run.ckpt", "ppl.png", "run.ckpt", "ppl.png", "metrics.csv"]
     assert rank1["writes"] == [] and rank1["out"] == "" and rank1["err"] == ""
     assert rank1["done"] >= rank0["writes"][-1][1]  # rank 1 waited for rank 0's files (the final barrier)
     lines, single_lines = rank0["out"].splitlines(), single[1].splitlines()
     assert len(lines) == len(single_lines) == 3 and lines[:2] == single_lines[:2]  # the two predictions
     assert lines[2].startswith("perplexity ") and rank0["err"] == ""
-    assert sorted(p.name for p in two.iterdir()) == ["metrics.csv", "run.ckpt"]  # no temp files left
+    assert sorted(p.name for p in two.iterdir()) == ["metrics.csv", "ppl.png", "run.ckpt"]  # no temp files left
 
 
 def test_random_iterator_splits_the_same_way(tmp_path):
