@@ -114,7 +114,10 @@ def test_cli_trains_in_the_dtype_and_saves_fp32_weights(tmp_path, capsys):
 
 @pytest.fixture
 def fresh_dynamo():
+    """Dynamo's caches and its counters (reset() leaves the counters: graphs that earlier tests of
+    this process compiled would count here)."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     yield
     torch._dynamo.reset()
 
