@@ -244,8 +244,8 @@ def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
     cells = _cells(table) or ["lstm"]
     fig, axes = plt.subplots(len(cells), 1, figsize=(10, 4.5 * len(cells)), squeeze=False)
     for ax, cell in zip(axes[:, 0], cells):
-        sub = table[table["cell"] == cell].copy()
-        if sub.empty:
+        sub = table[(table["cell"] == cell) & table["speedup_vs_nn"].notna()].copy()
+        if sub.empty:  # also a run of a provider subset without nn: no speedups to draw
             _empty_note(ax, "no timed providers")
         else:
             sub["case"] = sub["shape"] + " " + sub["mode"] + " " + sub["dtype"]
