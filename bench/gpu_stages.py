@@ -295,7 +295,7 @@ def stage_peers(parts: Path, device, smoke: bool) -> None:
             continue
         for shape in SMOKE_SHAPES if smoke else GPU_SHAPES:
             name, T, B, I, H = shape
-            peer_status = lambda p, d, dt, cell=cell: status(p, d, dt, cell)
+            peer_status = lambda p, d, dt, cell=cell, T=T: status(p, d, dt, cell, T)
             precisions = SMOKE_PEER_PRECISIONS if smoke else precisions
             for precision, dtype, provider, st in _runnable("peers", f"{cell} {name}", precisions, PEERS,
                                                             peer_status, device):

@@ -28,7 +28,7 @@ from torch import nn
 
 import lstm_triton
 from bench.cases import cell_args
-from bench.peers import PEERS, SINGLE_LAYER, peer_module
+from bench.peers import PEERS, LayerConfig, peer_module
 from lstm_triton.charlm.cells import cell_mode, nn_class, nn_kwargs
 from lstm_triton.charlm.impls import layer_from_weights
 from lstm_triton.kernels.launch_config import interpreter_on
@@ -47,12 +47,14 @@ class ProviderStatus:
     reason: str = ""
 
 
-def status(provider: str, device: torch.device, dtype: torch.dtype, cell: str = "lstm") -> ProviderStatus:
-    """Whether ``provider`` can run a ``cell`` layer of ``dtype`` on ``device``, and why not."""
+def status(provider: str, device: torch.device, dtype: torch.dtype, cell: str = "lstm",
+           seq_len: int | None = None) -> ProviderStatus:
+    """Whether ``provider`` can run a ``cell`` layer of ``dtype`` on ``device`` (for sequences of
+    length ``seq_len``, where a peer's cost depends on it), and why not."""
     if provider not in LAYER_PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(LAYER_PROVIDERS)}, got {provider!r}")
     if provider in PEER_PROVIDERS:
-        reason = peer_module(provider).available(torch.device(device), dtype, cell, SINGLE_LAYER)
+        reason = peer_module(provider).available(torch.device(device), dtype, cell, LayerConfig(seq_len=seq_len))
         return ProviderStatus(reason is None, False, reason or "")
     if not provider.startswith("triton"):
         return ProviderStatus(True, False)

@@ -552,13 +552,13 @@ def _latency_section(df: pd.DataFrame, cell: str) -> list[str]:
         first[p]["backend"], str) and first[p]["backend"] else "") for p in providers}
     lines = [f"### One layer, median latency (speedup over {_nn_name(cell)})", "",
              "| shape | mode | dtype | " + " | ".join(label[p] for p in providers)
-             + " | worst relative error vs float64 (same order) |",
+             + " | largest relative error vs float64 (same order) |",
              "|---|---|---|" + "---:|" * len(providers) + "---|"]
     fmt = lambda _, r: f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
     for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
         lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt))
                      + f" | {accuracy_cells(grp, providers)} |")
-    return lines + ["", "The error column: each provider's worst relative error over output, final state and "
+    return lines + ["", "The error column: each provider's largest relative error over output, final state and "
                     "every gradient against float64 torch.nn (— where the case has none).", ""]
 
 

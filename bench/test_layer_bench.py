@@ -45,7 +45,7 @@ def _skip_reason(case, st, profile) -> str | None:
         return st.reason
     left_out = profile.peer_skip(case.provider, case.cell) if case.provider in PEER_PROVIDERS else None
     if left_out:
-        return f"the {profile.name} profile leaves it out: {left_out}"
+        return f"{profile.name} profile: left out ({left_out})"
     if st.interpreted and case.shape.name not in profile.interpreted_shapes:
         return (f"runs under the Triton interpreter here: correctness only, at "
                 f"{'/'.join(profile.interpreted_shapes)} (interpreter timings are not performance figures)")
@@ -57,7 +57,7 @@ def test_layer(benchmark, layer_case, profile, device, machine, note_peer_skip):
     dtype = DTYPES[case.dtype]
     if device.type == "cpu" and dtype == torch.bfloat16:
         pytest.skip("bf16 is benchmarked on CUDA only")
-    st = status(case.provider, device, dtype, cell)
+    st = status(case.provider, device, dtype, cell, case.shape.T)
     why = _skip_reason(case, st, profile)
     if why:
         if case.provider in PEER_PROVIDERS:

@@ -36,6 +36,11 @@ class LayerConfig:
     num_layers: int = 1
     bidirectional: bool = False
     proj_size: int = 0
+    seq_len: int | None = None  # the case's T, where a peer's cost depends on it (a compiled loop unrolls it)
+
+    @property
+    def single_layer(self) -> bool:
+        return self.num_layers == 1 and not self.bidirectional and not self.proj_size
 
 
 SINGLE_LAYER = LayerConfig()

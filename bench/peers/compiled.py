@@ -21,12 +21,18 @@ from torch import nn
 from bench.peers import SINGLE_LAYER, LayerConfig
 
 DEFAULT_BACKEND = "inductor"
+# Past this T the unrolled loop's compile runs for many minutes (the d2l shape's T=35 takes ~1 min on
+# a CPU, and it grows with T): the large shape (T=1024) is refused rather than left to compile.
+MAX_UNROLLED_T = 256
 
 
 def available(device, dtype: torch.dtype, cell: str, config: LayerConfig = SINGLE_LAYER) -> str | None:
     """None where torch.compile can run the naive ``cell`` here, else why not."""
-    if config != SINGLE_LAYER:
+    if not config.single_layer:
         return "the bench compiles one unidirectional naive layer without projection"
+    if config.seq_len is not None and config.seq_len > MAX_UNROLLED_T:
+        return (f"torch.compile unrolls the loop: T={config.seq_len} would compile for many minutes "
+                f"(the bench compiles T <= {MAX_UNROLLED_T})")
     from torch._dynamo.eval_frame import is_dynamo_supported
 
     if not is_dynamo_supported():

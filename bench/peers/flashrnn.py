@@ -98,13 +98,13 @@ def available(device, dtype: torch.dtype, cell: str, config: LayerConfig = SINGL
     """None where a fused FlashRNN backend can run this case, else why not."""
     if cell not in FUNCTIONS:
         return "FlashRNN has LSTM, GRU and tanh (Elman) RNN, no relu RNN"
-    if config != SINGLE_LAYER:
+    if not config.single_layer:
         return "FlashRNN runs one unidirectional layer without projection"
-    if importlib.util.find_spec("flashrnn") is None:
-        return f"flashrnn is not installed ({INSTALL_HINT})"
     if torch.device(device).type != "cuda":
         return ("its fused backends need CUDA (cuda/cuda_fused compile with nvcc; triton_fused targets a GPU); "
                 "its vanilla backend is an unfused PyTorch reference, not timed as FlashRNN")
+    if importlib.util.find_spec("flashrnn") is None:
+        return f"flashrnn is not installed ({INSTALL_HINT})"
     if dtype not in (torch.float32, torch.bfloat16):
         return f"the bench compares float32 and bfloat16 layers, not {dtype}"
     if backend(device, cell) is None:

@@ -46,11 +46,11 @@ def available(device, dtype: torch.dtype, cell: str, config: LayerConfig = SINGL
         return "TorchRL's Triton backend has LSTM and GRU kernels only"
     if config.bidirectional or config.proj_size:
         return "TorchRL hands bidirectional and projected layers to cuDNN: refused, not timed as TorchRL's"
-    if importlib.util.find_spec("torchrl") is None:
-        return f"torchrl is not installed ({INSTALL_HINT})"
     if torch.device(device).type != "cuda":
         return ("runs on CUDA only (launches under torch.cuda.device; its autotuner needs a GPU; "
                 "libdevice.tanh has no interpreter path)")
+    if importlib.util.find_spec("torchrl") is None:
+        return f"torchrl is not installed ({INSTALL_HINT})"
     if dtype != torch.float32:
         return ("TorchRL's kernels take fp32 tensors (compute_dtype=bfloat16 casts only the matmul operands): "
                 "no bf16 layer to compare")
