@@ -8,7 +8,7 @@ summary.md (:meth:`Profile.cell_plan`).
 
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
 minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
-providers run under the interpreter there, at the d2l shape only and 3 epochs, as correctness
+providers run under the interpreter there, at the d2l shape only and 2 epochs, as correctness
 runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets the
 variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on a
 CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
@@ -114,6 +114,16 @@ class Profile:
     cells: tuple[str, ...] = DEFAULT_CELLS  # benchmarked cells, LSTM first
     lstm_only_shapes: tuple[str, ...] = ()  # shape names (named, or sweep axes) the other cells leave out
     cell_e2e: tuple[tuple[str, E2EConfig], ...] = ()  # end-to-end settings of a cell other than ``e2e``
+    # Peers (bench/peers/: compiled, torchrl-triton, flashrnn) run at these named shapes and modes
+    # only (no sweeps: each new shape compiles again); ``peers_left_out``: (peer, cell or "*", why)
+    # for what the profile skips although the peer could run it.
+    peer_shapes: tuple[str, ...] = ("d2l", "large")
+    peer_modes: tuple[str, ...] = MODES
+    peers_left_out: tuple[tuple[str, str, str], ...] = ()
+    # The robustness check (x ×100, forward+backward vs float64 torch.nn) at these named shapes; for
+    # Triton under the interpreter only where ``robustness_interpreted``.
+    robustness_shapes: tuple[str, ...] = ("d2l",)
+    robustness_interpreted: bool = True
 
     def e2e_for(self, cell: str) -> E2EConfig:
         """The end-to-end settings of ``cell`` (``e2e`` unless ``cell_e2e`` names the cell)."""
@@ -149,6 +159,14 @@ class Profile:
             return ""
         return (f"For {CELL_TITLES.get(cell, cell)} the {self.name} profile {' and '.join(parts)} to keep the "
                 f"run short; the LSTM gets {' and '.join(lstm)}.")
+
+    def runs_peer(self, shape_name: str, mode: str) -> bool:
+        """Whether this profile has peer layer cases at ``shape_name`` in ``mode``."""
+        return shape_name in self.peer_shapes and mode in self.peer_modes
+
+    def peer_skip(self, provider: str, cell: str) -> str | None:
+        """Why this profile leaves peer ``provider``'s ``cell`` out (None: it runs where runs_peer says)."""
+        return next((why for peer, c, why in self.peers_left_out if peer == provider and c in (cell, "*")), None)
 
     def rounds_for(self, shape_name: str, interpreted: bool) -> tuple[int, int]:
         """(rounds, warmup_rounds) for one layer case: interpreter runs are correctness runs,
@@ -194,7 +212,7 @@ PROFILES = {
         sweeps=_sweep("batch", (4, 16, 64), 35, 0, 128)
         + _sweep("hidden", (64, 128, 256, 512), 35, 16, 0)
         + _sweep("seq_len", (16, 64, 256), 0, 16, 128),
-        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=3, check_epochs=3),
+        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=2, check_epochs=2),
         large_rounds=1,
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
@@ -204,11 +222,21 @@ PROFILES = {
         # interpreted char LM 100). The d2l shape in every mode (interpreted Triton there too, as for
         # the LSTM) and the sweeps, but no large shape (~40 s a cell for naive and nn); the char LM
         # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20-40 s an epoch). The
-        # LSTM's interpreted levels run 3 epochs (10 took ~40 s an epoch at step and persistent on
-        # 2026-11-30, 15 min for the three: the whole budget)
+        # LSTM's interpreted levels run 2 epochs (3 until the compiled peer came; 10 took ~40 s an epoch
+        # at step and persistent on 2026-11-30, 15 min for the three: the whole budget)
         lstm_only_shapes=("large",),
         cell_e2e=tuple((cell, E2EConfig(epochs=50, interpreted_epochs=1, check_epochs=1))
                        for cell in ("gru", "rnn", "rnn_relu")),
+        # Peers: the compiled loop's first call compiles for ~50-60 s a shape and cell on 2 cores (inductor,
+        # T=35 unrolled), so the CPU profile compiles the LSTM at the d2l shape, forward+backward only
+        # (~65 s with its rounds); the LSTM's interpreted char-LM runs went from 3 epochs to 2 to pay for it
+        # (~40 s). TorchRL and FlashRNN need CUDA: listed with the reason. The robustness check (x ×100)
+        # runs for the timed providers; the interpreted ones get it on a GPU (and in the tiny profile).
+        peer_shapes=("d2l",), peer_modes=("forward_backward",),
+        peers_left_out=tuple(("compiled", cell, "inductor compiles ~1 min per cell and shape on 2 cores; "
+                              "make bench's CPU profile compiles the LSTM only (15-minute budget)")
+                             for cell in ("gru", "rnn", "rnn_relu")),
+        robustness_interpreted=False,
     ),
     "tiny": Profile(
         "tiny", named=(Shape("d2l", 5, 3, 7, 20),),
@@ -228,6 +256,11 @@ PROFILES = {
         # code as the LSTM's)
         lstm_only_shapes=("batch", "hidden", "seq_len"),
         cell_e2e=tuple((cell, _TINY_E2E) for cell in ("gru", "rnn", "rnn_relu")),
+        # peers at the named shape, forward+backward: the code path once; the compiled loop's inductor
+        # compile (~10+ s even here) is left to the cpu profile and tests/test_bench_peers.py (aot_eager)
+        peer_shapes=("d2l",), peer_modes=("forward_backward",),
+        peers_left_out=(("compiled", "*", "inductor's compile costs make test tens of CPU-seconds; the cpu profile "
+                         "(make bench) times it and tests/test_bench_peers.py checks it with aot_eager"),),
     ),
 }
 
@@ -263,15 +296,19 @@ class LayerCase:
         return f"{self.cell}-{self.provider}-{self.mode}-{self.shape.label}-{self.dtype}"
 
 
-def layer_cases(profile: Profile, providers, cells: tuple[str, ...] | None = None) -> list[LayerCase]:
-    """Every (cell, dtype, shape, mode, provider) layer case, cell by cell (LSTM first)."""
+def layer_cases(profile: Profile, providers, cells: tuple[str, ...] | None = None,
+                peers: tuple[str, ...] = ()) -> list[LayerCase]:
+    """Every (cell, dtype, shape, mode, provider) layer case, cell by cell (LSTM first); the
+    ``peers`` among ``providers`` only where the profile runs them (:meth:`Profile.runs_peer`)."""
     cases = []
     for cell in cells if cells is not None else profile.cells:
         for dtype in profile.dtypes:
             for shape in profile.shapes_for(cell, profile.named):
-                cases += [LayerCase(p, m, shape, dtype, cell) for m in MODES for p in providers]
+                cases += [LayerCase(p, m, shape, dtype, cell) for m in MODES for p in providers
+                          if p not in peers or profile.runs_peer(shape.name, m)]
             for shape in profile.shapes_for(cell, profile.sweeps):
-                cases += [LayerCase(p, "forward_backward", shape, dtype, cell) for p in providers]
+                cases += [LayerCase(p, "forward_backward", shape, dtype, cell) for p in providers
+                          if p not in peers or profile.runs_peer(shape.name, "forward_backward")]
     return cases
 
 

@@ -16,10 +16,11 @@ if not torch.cuda.is_available():
 
 from bench.cases import CELLS, e2e_cases, layer_cases, resolve_cells, resolve_profile, varlen_cases  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
-from bench.providers import PROVIDERS  # noqa: E402
+from bench.providers import LAYER_PROVIDERS, PEER_PROVIDERS, PROVIDERS  # noqa: E402
 from bench.varlen import VARLEN_PROVIDERS  # noqa: E402
 
-ALL_PROVIDERS = tuple(dict.fromkeys(PROVIDERS + VARLEN_PROVIDERS))
+ALL_PROVIDERS = tuple(dict.fromkeys(PROVIDERS + VARLEN_PROVIDERS + PEER_PROVIDERS))
+SKIPPED_PEERS = pytest.StashKey[dict]()  # (cell, provider) -> why a peer did not run: benchmark.json
 
 
 def pytest_addoption(parser):
@@ -55,7 +56,8 @@ def _cells(config):
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     if "layer_case" in metafunc.fixturenames:
-        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS], _cells(config))
+        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in LAYER_PROVIDERS],
+                            _cells(config), peers=PEER_PROVIDERS)
         metafunc.parametrize("layer_case", cases, ids=[c.id for c in cases])
     if "varlen_case" in metafunc.fixturenames:  # nn.LSTM's packed path: LSTM only
         providers = [p for p in _providers(config) if p in VARLEN_PROVIDERS] if "lstm" in _cells(config) else []
@@ -87,3 +89,32 @@ def device():
 @pytest.fixture(scope="session")
 def machine(device):
     return machine_info(device)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cold_inductor_cache(tmp_path_factory):
+    """A fresh inductor cache for the session: the compiled peer's first-call column is a cold
+    compile, whatever an earlier run left in the machine's default cache."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def note_peer_skip(request):
+    """``note_peer_skip(cell, provider, reason)``: record why a peer did not run (summary.md lists it)."""
+    skipped = request.config.stash.setdefault(SKIPPED_PEERS, {})
+
+    def note(cell: str, provider: str, reason: str) -> None:
+        skipped.setdefault(f"{cell}/{provider}", reason)
+
+    return note
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """benchmark.json gains ``skipped_peers``: {"cell/provider": reason} for each peer that did not run."""
+    output_json["skipped_peers"] = dict(config.stash.get(SKIPPED_PEERS, {}))

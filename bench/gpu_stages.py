@@ -21,6 +21,11 @@ deadline still leaves what it measured):
   PackedSequence (nn padded: its output at real steps only).
 - ``e2e``: the d2l char LM for a few epochs per implementation from identical weights
   (``lstm_triton.charlm.train.Trainer``): median epoch tokens/s and perplexity.
+- ``peers``: the peers whose packages are present (bench/peers/: torch.compile of the naive loop,
+  TorchRL's Triton LSTM/GRU, FlashRNN) at the d2l and large shapes, TF32 and bf16, in the layers'
+  record format plus ``backend`` and ``first_call_s`` (construction to first forward+backward
+  finished, compilation included); a peer that cannot run is printed with its reason. Its rows
+  join the layers' table; their errors are reported, never failed (gpu_check).
 
 ``--smoke`` runs every stage at tiny sizes on the CPU (Triton under the interpreter: correctness
 runs, not timings).
@@ -270,7 +275,55 @@ def stage_e2e(parts: Path, device, smoke: bool) -> None:
             "interpreted": impl == "triton" and device.type != "cuda"})
 
 
-STAGES = {"race": stage_race, "layers": stage_layers, "varlen": stage_varlen, "e2e": stage_e2e}
+# ----------------------------------------------------------------------------------------- peers
+
+PEER_CELL_PRECISIONS = {"lstm": ("fp32-tf32", "bf16"), "gru": ("fp32-tf32", "bf16"), "rnn": ("fp32-tf32", "bf16")}
+# --smoke (make test's budget): the LSTM in fp32 only; its rows join groups the layers stage opened, so
+# the per-step table still ends with the GRU's
+SMOKE_PEER_CELLS, SMOKE_PEER_PRECISIONS = ("lstm",), ("fp32-tf32",)
+
+
+def stage_peers(parts: Path, device, smoke: bool) -> None:
+    """The peers beside the layers' rows (same shapes, precisions, record format). --smoke: the
+    compiled loop under aot_eager (no code generation: seconds on a CPU) and the other peers'
+    reasons; on a GPU inductor, TorchRL and FlashRNN as installed."""
+    from bench.peers import PEERS, compiled, peer_module
+    from bench.providers import backend_ran
+
+    for cell, precisions in PEER_CELL_PRECISIONS.items():
+        if smoke and cell not in SMOKE_PEER_CELLS:
+            continue
+        for shape in SMOKE_SHAPES if smoke else GPU_SHAPES:
+            name, T, B, I, H = shape
+            peer_status = lambda p, d, dt, cell=cell, T=T: status(p, d, dt, cell, T)
+            precisions = SMOKE_PEER_PRECISIONS if smoke else precisions
+            for precision, dtype, provider, st in _runnable("peers", f"{cell} {name}", precisions, PEERS,
+                                                            peer_status, device):
+                if smoke and provider != "compiled":
+                    continue
+                weights = reference_weights(I, H, cell=cell)
+                inputs = make_inputs(T, B, I, H, device, dtype, seed=1, cell=cell)
+                start = time.perf_counter()
+                if smoke and provider == "compiled":
+                    layer = compiled.build(weights, device, dtype, cell, compile_backend="aot_eager")
+                else:
+                    layer = peer_module(provider).build(weights, device, dtype, cell)
+                operation("forward_backward", layer, inputs, device)()
+                _sync(device)
+                first_call_s = time.perf_counter() - start
+                err = accuracy(layer, shape, dtype, device, cell)
+                backend = "aot_eager" if smoke and provider == "compiled" else backend_ran(provider, cell, device)
+                for mode in ("forward", "forward_backward"):
+                    ms = time_ms(operation(mode, layer, inputs, device), device)
+                    _append(parts, "peers", {
+                        "cell": cell, "shape": name, "T": T, "B": B, "I": I, "H": H, "precision": precision,
+                        "mode": mode, "provider": provider, "fusion": None, "backend": backend,
+                        "first_call_s": first_call_s, "ms": ms, "us_per_step": ms * 1e3 / T, "rel_err": err,
+                        **_precision_fields(precision, st)})
+
+
+STAGES = {"race": stage_race, "layers": stage_layers, "varlen": stage_varlen, "e2e": stage_e2e,
+          "peers": stage_peers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,11 +37,13 @@ class LayerInputs:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def make_inputs(T: int, B: int, I: int, H: int, device, dtype, seed: int = 0, cell: str = "lstm") -> LayerInputs:
-    """Seeded inputs; the LSTM's draws (x, h0, c0, dy) are the same whatever other cells exist."""
+def make_inputs(T: int, B: int, I: int, H: int, device, dtype, seed: int = 0, cell: str = "lstm",
+                scale: float = 1.0) -> LayerInputs:
+    """Seeded inputs; the LSTM's draws (x, h0, c0, dy) are the same whatever other cells exist.
+    ``scale`` multiplies x (the robustness check's large-magnitude inputs: x ×100)."""
     gen = torch.Generator().manual_seed(seed)
     draw = lambda *shape: torch.randn(shape, generator=gen, dtype=torch.float64)
-    x, h0 = draw(T, B, I), draw(1, B, H)
+    x, h0 = draw(T, B, I) * scale, draw(1, B, H)
     c0 = draw(1, B, H) if cell == "lstm" else None
     dy = draw(T, B, H)
     move = lambda t, grad: t.to(device=device, dtype=dtype).requires_grad_(grad)
@@ -76,18 +78,28 @@ def operation(mode: str, layer: nn.Module, inputs: LayerInputs, device: torch.de
     raise ValueError(f"mode must be forward, forward_backward or train_step, got {mode!r}")
 
 
+def final_states(state) -> dict[str, torch.Tensor]:
+    """torch.nn's returned state by name: h_n (and the LSTM's c_n), each (1, B, H)."""
+    if isinstance(state, tuple):
+        return {"h_n": state[0], "c_n": state[1]}
+    return {"h_n": state}
+
+
 @lru_cache(maxsize=4)
-def reference(T: int, B: int, I: int, H: int, weights_key: int, seed: int = 0, cell: str = "lstm"):
-    """torch.nn's layer of ``cell`` in float64 on CPU: output and every gradient, for the
-    benchmark's inputs."""
+def reference(T: int, B: int, I: int, H: int, weights_key: int, seed: int = 0, cell: str = "lstm",
+              scale: float = 1.0):
+    """torch.nn's layer of ``cell`` in float64 on CPU, for the benchmark's inputs (x times
+    ``scale``): ``(output, grads)`` where ``grads`` also holds the final state (h_n, c_n) under
+    those names beside every gradient."""
     from bench.providers import build_layer, reference_weights
 
     weights = {k: v.double() for k, v in reference_weights(I, H, weights_key, cell).items()}
     ref = build_layer("nn", weights, "cpu", torch.float64, cell)
-    inputs = make_inputs(T, B, I, H, "cpu", torch.float64, seed, cell)
-    out, _ = ref(inputs.x, inputs.hx)
+    inputs = make_inputs(T, B, I, H, "cpu", torch.float64, seed, cell, scale)
+    out, state = ref(inputs.x, inputs.hx)
     out.backward(inputs.dy)
-    grads = {name: leaf.grad for name, leaf in inputs.leaves.items()}
+    grads = {k: v.detach() for k, v in final_states(state).items()}
+    grads.update({name: leaf.grad for name, leaf in inputs.leaves.items()})
     grads.update({f"d_{k}": p.grad for k, p in ref.named_parameters()})
     return out.detach(), grads
 
@@ -100,13 +112,19 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_against_reference(layer, mode, T, B, I, H, device, dtype, weights_key,
-                            cell: str = "lstm") -> dict[str, float]:
-    """Relative errors of the output (and, for backward modes, every gradient) vs float64 torch.nn
-    of the same ``cell``."""
-    ref_out, ref_grads = reference(T, B, I, H, weights_key, cell=cell)
-    inputs = make_inputs(T, B, I, H, device, dtype, cell=cell)
-    out, _ = layer(inputs.x, inputs.hx)
+                            cell: str = "lstm", scale: float = 1.0) -> dict[str, float]:
+    """Relative errors of the output and the final state (h_n, c_n) — and, for backward modes,
+    every gradient — vs float64 torch.nn of the same ``cell``, on inputs with x times ``scale``."""
+    ref_out, ref_grads = reference(T, B, I, H, weights_key, cell=cell, scale=scale)
+    ref_states = {k: v for k, v in ref_grads.items() if not k.startswith("d_")}
+    ref_grads = {k: v for k, v in ref_grads.items() if k.startswith("d_")}
+    inputs = make_inputs(T, B, I, H, device, dtype, cell=cell, scale=scale)
+    out, state = layer(inputs.x, inputs.hx)
     errors = {"output": rel_err(out, ref_out)}
+    states = final_states(state)
+    if set(states) != set(ref_states):
+        raise AssertionError(f"final state {sorted(states)} does not match the reference's {sorted(ref_states)}")
+    errors.update({name: rel_err(value, ref_states[name]) for name, value in states.items()})
     if mode != "forward":
         out.backward(inputs.dy)
         actual = {name: leaf.grad for name, leaf in inputs.leaves.items()}

@@ -14,6 +14,15 @@ its one-layer latency table (speedups over torch.nn's layer of that cell) and it
 line; every plot has a row (or panel) per cell in the same order. JSON from before the cell
 dimension reads as LSTM.
 
+Peers and checks (bench/peers/, bench/report_checks.py): ``backend`` is what ran under a peer's
+name (inductor, triton, cuda_fused, ...); every layer row carries ``precision`` (fp32-ieee,
+fp32-tf32, bf16: set explicitly on every provider), ``rel_err`` (the case's worst relative error
+over output, final state and every gradient vs float64 torch.nn) and ``first_call_s``
+(forward+backward cases: construction to first forward+backward finished, compilation included;
+also a ``first_call_s`` metric row); the robustness check's ``rel_err_x100`` (inputs x ×100) is a
+metric row. summary.md adds an accuracy column to the latency tables, a first-call table, a
+robustness table and the peers that did not run with their reasons (``skipped_peers`` in the JSON).
+
 Variable-length rows (bench/test_varlen_bench.py, LSTM only) have ``shape`` "varlen" and ``x_name``
 "varlen_T" (x_value: the nominal length T; lengths uniform in [T/4, T]); their tokens/s counts real
 tokens only and their config holds the length distribution and the real-token count.
@@ -30,12 +39,21 @@ import numpy as np
 import pandas as pd
 
 from bench.cases import CELL_TITLES, CELLS, NN_CLASS_NAMES
+from bench.report_checks import (
+    accuracy_cells,
+    first_call_section,
+    load_skipped_peers,
+    precision_line,
+    robustness_section,
+    skipped_peers_lines,
+)
 
-PROVIDER_ORDER = ["naive", "nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded"]
+PROVIDER_ORDER = ["naive", "nn", "nn-padded", "triton-cell", "triton-step", "triton-persistent", "triton-padded",
+                  "compiled", "torchrl-triton", "flashrnn"]
 CELL_ORDER = list(CELLS)  # lstm, gru, rnn (tanh), rnn_relu: the order of summary sections and plot rows
 CSV_COLUMNS = ["cell", "provider", "fusion", "mode", "metric", "x_name", "x_value", "p50", "p20", "p80", "unit",
                "dtype", "shape", "T", "B", "I", "H", "interpreted", "config", "device", "torch", "triton", "cudnn",
-               "timestamp"]
+               "timestamp", "backend", "precision", "rel_err", "first_call_s"]
 
 
 def _cells(df: pd.DataFrame) -> list[str]:
@@ -71,6 +89,7 @@ def _quantiles(stats: dict) -> tuple[float, float, float]:
 def _common(info: dict, timestamp: str) -> dict:
     m = info.get("machine", {})
     return {"cell": info.get("cell", "lstm"), "provider": info["provider"], "fusion": info.get("fusion"),
+            "backend": info.get("backend"), "precision": info.get("precision"),
             "mode": info["mode"], "dtype": info.get("dtype"),
             "shape": info.get("shape"), "interpreted": bool(info.get("interpreted")), "device": m.get("device"),
             "torch": m.get("torch"), "triton": m.get("triton"), "cudnn": m.get("cudnn"), "timestamp": timestamp}
@@ -101,7 +120,8 @@ def _timing_rows(bench: dict, timestamp: str, x_name: str, x_value, config: dict
     info = bench["extra_info"]
     base = _common(info, timestamp)
     base.update({k: info[k] for k in ("T", "B", "I", "H")})
-    base.update(x_name=x_name, x_value=x_value, config=json.dumps(config))
+    base.update(x_name=x_name, x_value=x_value, config=json.dumps(config), rel_err=info.get("max_rel_err"),
+                first_call_s=info.get("first_call_s"))
     p50, p20, p80 = _quantiles(bench["stats"])
     tokens = info["tokens"]
     rows = [
@@ -111,7 +131,7 @@ def _timing_rows(bench: dict, timestamp: str, x_name: str, x_value, config: dict
          "unit": "tokens/s"},
         {**base, "metric": "max_rel_err", "p50": info["max_rel_err"], "unit": "relative"},
     ]
-    for key, unit in (("kernel_ms", "ms"), ("peak_mem_mb", "MiB")):
+    for key, unit in (("kernel_ms", "ms"), ("peak_mem_mb", "MiB"), ("first_call_s", "s"), ("rel_err_x100", "relative")):
         if info.get(key) is not None:
             rows.append({**base, "metric": key, "p50": info[key], "unit": unit})
     return rows
@@ -200,13 +220,15 @@ def plot_sweep(df: pd.DataFrame, axis: str, path: Path, device: str) -> None:
 def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
     """Median-latency speedup over torch.nn's layer of the same cell for the named shapes, timed
     providers only; one row per (cell, shape, mode, dtype, provider), ``fusion`` the level that ran."""
-    cols = ["cell", "shape", "mode", "dtype", "provider", "fusion", "latency_ms", "speedup_vs_nn"]
+    cols = ["cell", "shape", "mode", "dtype", "provider", "fusion", "backend", "rel_err", "latency_ms",
+            "speedup_vs_nn"]
     lat = df[(df["metric"] == "latency_ms") & (df["x_name"] == "shape") & ~df["interpreted"]]
     if lat.empty:
         return pd.DataFrame(columns=cols)
     key = ["cell", "shape", "mode", "dtype"]
     nn = lat[lat["provider"] == "nn"].set_index(key)["p50"]
-    out = lat[key + ["provider", "fusion", "p50"]].rename(columns={"p50": "latency_ms"}).copy()
+    out = lat.reindex(columns=key + ["provider", "fusion", "backend", "rel_err", "p50"]).rename(
+        columns={"p50": "latency_ms"})
     keys = list(zip(*(out[k] for k in key)))
     out["speedup_vs_nn"] = [nn.get(k, np.nan) / v for k, v in zip(keys, out["latency_ms"])]
     order = {c: i for i, c in enumerate(_cells(out))}
@@ -222,8 +244,8 @@ def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
     cells = _cells(table) or ["lstm"]
     fig, axes = plt.subplots(len(cells), 1, figsize=(10, 4.5 * len(cells)), squeeze=False)
     for ax, cell in zip(axes[:, 0], cells):
-        sub = table[table["cell"] == cell].copy()
-        if sub.empty:
+        sub = table[(table["cell"] == cell) & table["speedup_vs_nn"].notna()].copy()
+        if sub.empty:  # also a run of a provider subset without nn: no speedups to draw
             _empty_note(ax, "no timed providers")
         else:
             sub["case"] = sub["shape"] + " " + sub["mode"] + " " + sub["dtype"]
@@ -525,14 +547,19 @@ def _latency_section(df: pd.DataFrame, cell: str) -> list[str]:
     if speed.empty:
         return []
     providers = _ordered(speed["provider"])
-    label = {p: p + _ran_as(p, speed[speed["provider"] == p]["fusion"].iloc[0]) for p in providers}
+    first = {p: speed[speed["provider"] == p].iloc[0] for p in providers}
+    label = {p: p + _ran_as(p, first[p]["fusion"]) + (f" ({first[p]['backend']})" if isinstance(
+        first[p]["backend"], str) and first[p]["backend"] else "") for p in providers}
     lines = [f"### One layer, median latency (speedup over {_nn_name(cell)})", "",
-             "| shape | mode | dtype | " + " | ".join(label[p] for p in providers) + " |",
-             "|---|---|---|" + "---:|" * len(providers)]
+             "| shape | mode | dtype | " + " | ".join(label[p] for p in providers)
+             + " | largest relative error vs float64 (same order) |",
+             "|---|---|---|" + "---:|" * len(providers) + "---|"]
     fmt = lambda _, r: f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
     for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
-        lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
-    return lines + [""]
+        lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt))
+                     + f" | {accuracy_cells(grp, providers)} |")
+    return lines + ["", "The error column: each provider's largest relative error over output, final state and "
+                    "every gradient against float64 torch.nn (— where the case has none).", ""]
 
 
 def _checks_line(df: pd.DataFrame, cell: str) -> list[str]:
@@ -555,10 +582,11 @@ def _checks_line(df: pd.DataFrame, cell: str) -> list[str]:
     return lines + [""] if lines else []
 
 
-def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
+def write_summary(df: pd.DataFrame, e2e: dict, path: Path, skipped_peers: dict[str, str] | None = None) -> str:
     """summary.md: the machine, then a section per cell (LSTM first): end-to-end training, one-layer
     latency, correctness; the variable-length benchmark (LSTM only) in the LSTM's section.
-    ``e2e``: load_long_table's records keyed by (cell, provider) (a bare provider key reads as LSTM)."""
+    ``e2e``: load_long_table's records keyed by (cell, provider) (a bare provider key reads as LSTM);
+    ``skipped_peers``: {"cell/provider": reason} of the peers that did not run (load_skipped_peers)."""
     runs_by_cell: dict[str, dict] = {}
     for key, info in e2e.items():
         cell, provider = key if isinstance(key, tuple) else ("lstm", key)
@@ -584,7 +612,11 @@ def write_summary(df: pd.DataFrame, e2e: dict, path: Path) -> str:
             lines += [plan, ""]
         lines += _e2e_section(df, cell, runs_by_cell.get(cell, {}))
         lines += _latency_section(df, cell)
+        lines += precision_line(df, cell)
+        lines += skipped_peers_lines(skipped_peers or {}, cell)
         lines += _checks_line(df, cell)
+        lines += first_call_section(df, cell)
+        lines += robustness_section(df, cell)
         if cell == "lstm":
             lines += varlen_summary(df)
     text = "\n".join(lines)
@@ -612,7 +644,7 @@ def build_reports(json_path: str | Path, out_dir: str | Path) -> dict[str, Path]
     plot_varlen(df, paths["varlen"], device)
     paths["perplexity"] = out / "perplexity.png"
     plot_perplexity(df, paths["perplexity"], device)
-    write_summary(df, e2e, paths["summary"])
+    write_summary(df, e2e, paths["summary"], load_skipped_peers(json_path))
     return paths
 
 
