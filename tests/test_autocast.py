@@ -174,7 +174,7 @@ def test_cpu_autocast_takes_every_dtype_mix_nn_takes(layer):
     nn_class, kwargs, packed = CPU_AUTOCAST_LAYERS[layer]
     torch.manual_seed(0)
     ref64 = nn_class(3, 6, dtype=torch.float64, **kwargs)
-    ours = getattr(lstm_triton, nn_class.__name__)(3, 6, fusion="step", backend="triton", **kwargs)
+    ours = getattr(lstm_triton, nn_class.__name__)(3, 6, fusion="persistent", backend="triton", **kwargs)
     ours.load_state_dict(ref64.state_dict())
     gen = torch.Generator().manual_seed(1)
     x32 = torch.randn(5, 2, 3, generator=gen)

@@ -36,17 +36,23 @@ def _run(body: str, without_extras: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_the_layers_import_and_train_without_the_extras():
+    """And the import leaves torch._dynamo unloaded; its allow_rnn switch is set once it loads
+    (dynamo_rnn.py)."""
     done = _run("""
         import sys
         import torch
         import lstm_triton
 
+        # dynamo (~2 CPU-s to import, as much as torch) is not loaded by the import, only when needed
+        assert "torch._dynamo" not in sys.modules, "import lstm_triton imported torch._dynamo"
         torch.manual_seed(0)
         patched = lstm_triton.patch(torch.nn.GRU(3, 4), backend="triton")
         for layer in (lstm_triton.LSTM(3, 4, backend="triton"), patched):
             x = torch.randn(2, 2, 3, requires_grad=True)
             layer(x)[0].sum().backward()
             assert x.grad is not None and layer.weight_hh_l0.grad is not None
+        # the custom operators' calls load dynamo (torch's own _disable_dynamo wrapper): the switch is on
+        assert torch._dynamo.config.allow_rnn
         try:
             lstm_triton.CharLM
         except ModuleNotFoundError as e:

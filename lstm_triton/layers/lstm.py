@@ -29,6 +29,7 @@ from . import (
     packed,
 )
 from .autograd import run_layer
+from .dynamo_rnn import allow_rnn_in_dynamo
 from .backend import BACKENDS, FUSIONS, check_choice
 from .rnn_base import (  # noqa: F401  (re-exported: other modules import them from here)
     EMPTY_SEQUENCE,
@@ -44,12 +45,7 @@ from .rnn_base import (  # noqa: F401  (re-exported: other modules import them f
     prepare_functional,
 )
 
-# torch.compile: dynamo refuses to trace any module that is an nn.RNN/GRU/LSTM (a blanket guard,
-# torch._dynamo.config.allow_rnn, off by default) and would break the graph around this layer, which
-# *is* an nn.LSTM. Its computation is traceable (custom operators with fake implementations), so the
-# switch is turned on. Side effect: plain nn.LSTMs in compiled models are traced too (torch's
-# experimental path; on CPU it compiles with eager, aot_eager and inductor in torch 2.13).
-torch._dynamo.config.allow_rnn = True
+allow_rnn_in_dynamo()  # torch.compile traces through our layers (dynamo_rnn.py says why and when)
 
 
 def _run_layer(fusion, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, lengths=None, w_hr=None):
