@@ -45,7 +45,14 @@ from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
 from .device import on_tensor_device
-from .launch_config import MAX_SPINS, cooperative_launch, dot_precision, persistent_config, persistent_grid
+from .launch_config import (
+    MAX_SPINS,
+    cooperative_launch,
+    dot_precision,
+    launch_target,
+    persistent_config,
+    persistent_grid,
+)
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 from .lstm_step import _backward_loop as step_backward_loop
 from .lstm_step import _forward_loop as step_forward_loop
@@ -307,7 +314,7 @@ def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device, cell:
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2, SPLIT=cfg.split_k,
-                PRECISION=dot_precision(dtype), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
+                PRECISION=dot_precision(dtype, launch_target(device)), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
                 # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
                 num_stages=1)
     if cell != LSTM:  # the LSTM launches exactly as before GRU/RNN joined
