@@ -138,7 +138,8 @@ class KernelBuild:
     grid_fits_sms: bool = True  # persistent: max_programs ≤ the architecture's SM count
     shared_fits: bool = True  # shared_bytes within what one block may use on this architecture
     # AMD targets (-1 elsewhere), from the AMDGPU metadata: architectural and accumulation VGPRs per
-    # lane, scratch bytes per lane (private segment: spilled registers), the compiler's spill counts.
+    # lane, scratch bytes per lane (private segment: spilled registers), the compiler's spill counts
+    # (spills: scratch or VGPR spills; SGPR spills land in VGPR lanes, not memory).
     # shared_bytes is the LDS, mma_instructions the v_mfma count.
     vgprs: int = -1
     agprs: int = -1
@@ -631,7 +632,9 @@ def _read_amdgcn(build: KernelBuild, compiled, target) -> KernelBuild:
         setattr(build, key, facts[key])
     build.registers = facts["vgprs"] + facts["agprs"]
     build.mma_instructions = facts["mfma"]
-    build.spills = build.scratch_bytes > 0 or build.vgpr_spills > 0 or build.sgpr_spills > 0
+    # VGPR spills go to scratch; SGPR spills go to lanes of a VGPR (v_writelane: no memory) and reach
+    # scratch only through it, so they count where scratch does (gfx950's rescue kernels have a few).
+    build.spills = build.scratch_bytes > 0 or build.vgpr_spills > 0
     build.shared_bytes = int(compiled.metadata.shared)  # LDS: Triton's allocation, passed at launch
     build.shared_fits = build.shared_bytes <= target.shared_limit
     waves_per_simd = -(-build.num_warps // AMD_SIMDS_PER_CU)
