@@ -2,7 +2,7 @@
 (its compiler and linker ship in the triton wheel): the builds the d2l and large launches pick on
 gfx942 (MI300X) and gfx950 (MI355X) — no scratch (spilled registers), LDS within the target's
 limit, MFMA instructions in every dot, persistent grids resident — and a deliberately oversized
-build is flagged.
+build is flagged as spilling.
 
 One subprocess (TRITON_INTERPRET unset: interpreted kernels cannot be compiled) compiles them all
 in one pool, the negative control included. ``LSTM_TRITON_AOT`` widens the set as for NVIDIA
@@ -23,9 +23,9 @@ AOT = os.environ.get("LSTM_TRITON_AOT", "")
 SCOPE = AOT or "rated"
 LDS_LIMIT = {"gfx90a": 64 * 1024, "gfx942": 64 * 1024, "gfx950": 160 * 1024}
 
-# The negative control: the persistent bf16 forward launch at B=32, H=1024 on gfx942, recorded as
-# the launcher makes it (16-row tiles, 8 warps), compiled with a 64-row tile and 4 warps instead: its
-# operand tile alone is 128 KB of LDS, twice gfx942's 64 KB.
+# The negative control: the persistent bf16 forward launch at B=16, H=1024 on gfx942, recorded as
+# the launcher makes it (8 waves, one reduction chunk each), compiled for one wave holding the whole
+# W slice: 128 KB, 512 VGPRs of each lane before anything else — it must spill to scratch.
 DRIVER = """if True:
     import json, os, sys
     from concurrent.futures import ProcessPoolExecutor
@@ -35,10 +35,10 @@ DRIVER = """if True:
     from lstm_triton.layers import kernel_report as kr
 
     plans = [b for arch in sys.argv[2:] for b in kr.planned_builds(arch, sys.argv[1])]
-    (fn, args, kwargs), = kr.capture_launches("persistent", "forward", LSTM, 32, 1024, 1, torch.bfloat16, "gfx942")
-    oversized = kr._build_from_launch("persistent", fn, args, kwargs, "gfx942", torch.bfloat16, [32, 1024, 1])
-    oversized.constexprs.update(BLOCK_B=64, SPLIT=4)
-    oversized.num_warps, oversized.level, oversized.max_programs = 4, "oversized", 64
+    (fn, args, kwargs), = kr.capture_launches("persistent", "forward", LSTM, 16, 1024, 1, torch.bfloat16, "gfx942")
+    oversized = kr._build_from_launch("persistent", fn, args, kwargs, "gfx942", torch.bfloat16, [16, 1024, 1])
+    oversized.constexprs.update(SPLIT=1)
+    oversized.num_warps, oversized.level, oversized.max_programs = 1, "oversized", 64
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         builds = list(pool.map(kr._compile_one, plans + [oversized]))
     print(json.dumps([asdict(b) for b in builds]))
@@ -114,11 +114,33 @@ def test_every_dot_runs_on_mfma_and_the_warps_split_the_reduction(builds):
 
 
 def test_an_oversized_build_is_flagged(compiled):
-    """The negative control: 128 KB of LDS on gfx942 (64 KB) — the report marks it as not fitting
-    and its grid as not resident."""
+    """The negative control of the scratch check: one wave holding a whole 128 KB W slice spills
+    (scratch bytes and VGPR spills in its metadata), and the report says so."""
     oversized = compiled[compiled["level"] == "oversized"].iloc[0]
-    assert oversized["shared_bytes"] > LDS_LIMIT["gfx942"], oversized.to_dict()
-    assert not oversized["shared_fits"] and not oversized["resident"]
+    assert oversized["spills"] and oversized["scratch_bytes"] > 0 and oversized["vgpr_spills"] > 0, oversized.to_dict()
+
+
+def test_lds_over_the_limit_and_registers_over_a_cu_are_not_resident():
+    """The negative controls of the LDS and residency checks, on what the compiler reports:
+    128 KB of LDS on gfx942 (64 KB) does not fit; neither do 8 waves of 300 registers (2 a SIMD,
+    512 registers a lane); the same build within both is resident."""
+    from types import SimpleNamespace
+
+    from lstm_triton.kernels.targets import get_target
+    from lstm_triton.layers.kernel_report import KernelBuild, _read_amdgcn
+
+    def read(lds, vgprs):
+        asm = f"  - .agpr_count: 0\n    .private_segment_fixed_size: 0\n    .sgpr_spill_count: 0\n" \
+              f"    .vgpr_count: {vgprs}\n    .vgpr_spill_count: 0\n    v_mfma_f32_16x16x4_f32 a[0:3], v1, v2, a[0:3]\n"
+        build = KernelBuild("persistent_forward_kernel", "persistent", "fp32", {}, 8, "gfx942", max_programs=16)
+        return _read_amdgcn(build, SimpleNamespace(asm={"amdgcn": asm}, metadata=SimpleNamespace(shared=lds)),
+                            get_target("gfx942"))
+
+    fits = read(32768, 120)
+    assert fits.shared_fits and fits.resident and not fits.spills and fits.mma_instructions == 1
+    too_much_lds = read(131072, 120)
+    assert not too_much_lds.shared_fits and not too_much_lds.resident
+    assert not read(32768, 300).resident
 
 
 def test_amdgcn_metadata_and_mfma_are_read_from_the_assembly():
