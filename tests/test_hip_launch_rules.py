@@ -131,8 +131,12 @@ def test_hip_on_chip_rule_keeps_the_w_slice_in_vgprs_and_the_operand_in_lds():
 @pytest.mark.parametrize("arch", AMD_TARGETS)
 def test_every_hip_choice_is_enumerated_and_resident(arch):
     """Sampled (B, H, dtype, CUs): the launcher picks only enumerated configurations (the compile
-    report builds them) and never a grid over the CUs."""
+    report builds them) and never a grid over the CUs; each is enumerated with the precisions its
+    launches can pass (IEEE; gfx942's fp32 xf32 too, for nn.LSTM with MIOpen off)."""
     choices = lc.persistent_choices(arch)
+    fp32_precisions = {"ieee", "tf32"} if arch == "gfx942" else {"ieee"}
+    for (cfg, dt), precisions in lc.persistent_precisions(arch).items():
+        assert precisions == (fp32_precisions if dt == torch.float32 else {"ieee"}), (cfg, dt, precisions)
     gen = torch.Generator().manual_seed(7)
     for _ in range(400):
         B = int(torch.randint(1, 5000, (), generator=gen))
