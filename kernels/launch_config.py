@@ -280,11 +280,12 @@ SHARED_BUDGET = {8: 160 * 1024, 9: 220 * 1024}
 SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (AOT enumeration)
 # AMD (targets.py): the ROCm backend keeps each program's W_hh slice in VGPRs and stages only the
 # operand tile of h (or dG) in LDS — the compile report on gfx90a/gfx942/gfx950 reads LDS =
-# BLOCK_B · max(BLOCK_K, BLOCK_K2) · elt, e.g. 16 KB at the d2l shape, 32 KB at bf16 K = 1024. The
-# rule plans BLOCK_B · (BLOCK_K + BLOCK_K2) · elt + 4 KB of LDS (an upper bound) within the target's
-# limit, and at most HIP_W_SLICE_VGPRS registers of each lane for the W slice: a workgroup of 8
-# waves puts 2 on each of a CU's 4 SIMDs, 256 of a lane's 512 registers each; the largest slices
-# (bf16 K = 1024: 64 per lane) compile to ≤ 160 VGPRs, no scratch.
+# BLOCK_B · max(BLOCK_K, BLOCK_K2) · elt, e.g. 32 KB at the d2l shape (32 rows × 256 fp32) and at
+# bf16 K = 1024 (16 rows). The rule plans BLOCK_B · (BLOCK_K + BLOCK_K2) · elt + 4 KB of LDS (an
+# upper bound) within the target's limit, and at most HIP_W_SLICE_VGPRS registers of each lane for
+# the W slice: a workgroup of 8 waves puts 2 on each of a CU's 4 SIMDs, 256 of a lane's 512
+# registers each; the largest slices (bf16 K = 1024, fp32 K = 512: 64 a lane) compile to at most
+# 179 VGPRs, no AGPRs, no scratch (the report's ci set on gfx90a/gfx942/gfx950).
 HIP_W_SLICE_VGPRS = 64
 
 
