@@ -100,7 +100,8 @@ def test_persistent_grids_are_resident_with_one_stage(builds):
 def test_every_dot_runs_on_mfma_and_the_warps_split_the_reduction(builds):
     """Every step and persistent build has v_mfma instructions (fp32 too: the matrix cores take
     IEEE fp32). Persistent: each wave computes 1/SPLIT of its tile's MFMAs — 16×16 outputs, k steps
-    of 4 in fp32, of 16 in bf16/fp16 on gfx942, 32 on gfx950 (its wider bf16 MFMA) — per gate."""
+    of 4 in fp32 (8 in gfx942's xf32), of 16 in bf16/fp16 on gfx942, 32 on gfx950 (its wider bf16
+    MFMA) — per gate."""
     from lstm_triton.kernels.cell_math import GATES
 
     gemm = builds[builds["level"] != "cell"]
@@ -108,7 +109,10 @@ def test_every_dot_runs_on_mfma_and_the_warps_split_the_reduction(builds):
     persistent = builds[builds["level"] == "persistent"]
     for _, row in persistent.iterrows():
         c = row["constexprs"]
-        k_step = 4 if row["dtype"] == "fp32" else (32 if row["arch"] == "gfx950" else 16)
+        if row["dtype"] == "fp32":  # IEEE: v_mfma_f32_16x16x4_f32; gfx942's xf32: …_16x16x8_xf32
+            k_step = 8 if c["PRECISION"] == "tf32" else 4
+        else:
+            k_step = 32 if row["arch"] == "gfx950" else 16
         tile = (c["BLOCK_B"] // 16) * (c["BLOCK_H"] // 16) * GATES[c.get("CELL", 0)] * (c["BLOCK_K"] + c["BLOCK_K2"])
         assert row["mma_instructions"] == tile // k_step // c["SPLIT"], row.to_dict()
 
