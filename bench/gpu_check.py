@@ -404,11 +404,14 @@ class Check:
         stage_fail = [s for s in report["stages"] if s["exit_code"] != 0 and s["stage"] != PEER_STAGE]
         cuda = device.type == "cuda"
         machine, sass = report["machine"], report["sass"]
-        timed = "median µs per time step (do_bench); (speedup vs torch.nn of the same cell)" if cuda else \
+        rocm = machine.get("hip", "n/a") != "n/a"  # a ROCm torch: nn's RNNs and the baseline are MIOpen's
+        timed = ("median µs per time step (do_bench); (speedup vs torch.nn of the same cell"
+                 + (", MIOpen)" if rocm else ")")) if cuda else \
             "µs per time step (interpreter: correctness run, not a timing)"
         pending = [s for s in ("race", *STAGE_ORDER[1:]) if s not in ran]
         lines = [f"device: {machine['device']} | torch {machine['torch']} | triton {machine['triton']} | "
-                 f"cuDNN {machine['cudnn']} | interpreter {machine['interpreter']} | {report['seconds']} s"
+                 + (f"ROCm {machine['hip']} | MIOpen {machine['cudnn']}" if rocm else f"cuDNN {machine['cudnn']}")
+                 + f" | interpreter {machine['interpreter']} | {report['seconds']} s"
                  + ("" if final else f" | INCOMPLETE: not yet run: {', '.join(pending) or 'summary'}"),
                  "stages: " + _stage_words(report)]
         if "tests" in report:
@@ -425,7 +428,8 @@ class Check:
                   "accuracy vs float64 torch.nn of the same cell (forward; varlen: forward+backward on the "
                   "PackedSequence): " + ("all within tolerance" if bad_acc.empty else
                                          "FAIL " + bad_acc.to_string(index=False)),
-                  "", f"SASS, {sass['arch']} ({sass['arch_reason']}), d2l and large configurations"
+                  "", f"{'AMDGCN' if sass['arch'].startswith('gfx') else 'SASS'}, {sass['arch']} "
+                  f"({sass['arch_reason']}), d2l and large configurations"
                   + (f" ({sass['builds']} builds compiled cold-or-cached in {sass['seconds']} s)"
                      if "seconds" in sass and "builds" in sass else "") + ":", sass_table(sass),
                   "", "end-to-end d2l char LM (identical weights; tokens/s median epoch):", e2e_table(e2e),

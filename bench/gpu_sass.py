@@ -2,6 +2,10 @@
 device's own architecture (sm_90 when there is no GPU or the report does not know the device's),
 started in the background, and the rows it marks as the d2l and large configurations.
 
+On an AMD GPU (a ROCm torch) the stage compiles for its ISA (gfx942 when the report does not know
+it) and shows the AMDGCN columns in place of the SASS ones (:data:`AMD_COLUMNS`: VGPRs, AGPRs,
+scratch, LDS, MFMA instructions, resident grid).
+
 The tensor-core columns (``mma_instructions`` in the PTX, ``sass_mma_instructions``,
 ``useful_mac_fraction``) are shown when the report has them; an older report without them gives a
 note, not a failure.
@@ -22,11 +26,23 @@ import torch
 TENSOR_CORE_COLUMNS = ("mma_instructions", "sass_mma_instructions", "useful_mac_fraction")
 COLUMNS = ("shape", "kernel", "level", "dtype", "num_warps", "registers", "spill_bytes", "shared_bytes",
            *TENSOR_CORE_COLUMNS)
-REPORT_ARCHES = ("sm_80", "sm_90")  # what kernel_report --arch accepts
+AMD_COLUMNS = ("shape", "kernel", "level", "dtype", "num_warps", "vgprs", "agprs", "scratch_bytes", "shared_bytes",
+               "mma_instructions", "resident", "useful_mac_fraction")
+REPORT_ARCHES = ("sm_80", "sm_90", "gfx90a", "gfx942", "gfx950")  # what kernel_report --arch accepts
+
+
+def is_amd_arch(arch: str) -> bool:
+    return arch.startswith("gfx")
 
 
 def device_arch() -> tuple[str, str]:
-    """(arch for kernel_report, why): the device's own when the report knows it, else sm_90."""
+    """(arch for kernel_report, why): the device's own when the report knows it, else sm_90 (on a
+    ROCm torch: its ISA from gcnArchName, else gfx942)."""
+    if torch.cuda.is_available() and getattr(torch.version, "hip", None):
+        own = str(getattr(torch.cuda.get_device_properties(0), "gcnArchName", "")).split(":")[0]
+        if own in REPORT_ARCHES:
+            return own, "the device's own ISA"
+        return "gfx942", f"kernel_report has no {own or 'ISA for this device'}; gfx942 instead"
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         own = f"sm_{major}{minor}"
@@ -86,12 +102,16 @@ class SassReport:
 
 
 def shape_rows(builds: list[dict]) -> dict:
-    """Rows of the builds marked d2l_shape / large_shape, with COLUMNS ("—" where a column is absent)."""
+    """Rows of the builds marked d2l_shape / large_shape, with COLUMNS ("—" where a column is absent);
+    builds for an AMD target with AMD_COLUMNS, named as the AMDGCN report names them (LDS, MFMA)."""
+    amd = any(is_amd_arch(str(b.get("arch", ""))) for b in builds)
+    columns = AMD_COLUMNS if amd else COLUMNS
+    names = {"shared_bytes": "lds_bytes", "mma_instructions": "mfma_instructions"} if amd else {}
     rows = []
     for build in builds:
         for flag, shape in (("d2l_shape", "d2l"), ("large_shape", "large")):
             if build.get(flag):
-                rows.append({c: shape if c == "shape" else build.get(c, "—") for c in COLUMNS})
-    missing = [c for c in TENSOR_CORE_COLUMNS if not any(c in b for b in builds)]
+                rows.append({names.get(c, c): shape if c == "shape" else build.get(c, "—") for c in columns})
+    missing = [c for c in TENSOR_CORE_COLUMNS if c in columns and not any(c in b for b in builds)]
     note = (f"this kernel_report has no {', '.join(missing)} column(s) yet" if missing else "")
     return {"rows": rows, "note": note, "builds": len(builds)}

@@ -36,6 +36,7 @@ def machine_info(device: torch.device) -> dict:
         "triton": triton.__version__,
         "cudnn": str(cudnn) if cudnn else "n/a",
         "cuda": torch.version.cuda or "n/a",
+        "hip": getattr(torch.version, "hip", None) or "n/a",  # a ROCm torch: "cudnn" is then MIOpen's version
         "interpreter": interpreter_on(),
         "python": platform.python_version(),
     }

@@ -12,11 +12,15 @@ to the exact GPU tiles; the tests run both.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import triton
+
+from .device import guarded_device
+from .targets import Target, get_target, hip_target, rocm_torch
 
 
 def interpreter_on() -> bool:
@@ -65,8 +69,9 @@ def _resolve_cuda_fp32_precision(op_precision: str) -> str:
     return precision
 
 
-def nn_lstm_uses_tf32() -> bool:
-    """Whether ``torch.nn.LSTM`` runs fp32 CUDA inputs with TF32 tensor-core math right now.
+def nn_lstm_uses_tf32(target: Target | None = None) -> bool:
+    """Whether ``torch.nn.LSTM`` runs fp32 CUDA inputs with TF32 tensor-core math right now
+    (on an AMD ``target``: :func:`_rocm_nn_lstm_uses_tf32`).
 
     With cuDNN enabled (the default) nn.LSTM is a cuDNN RNN, whose descriptor gets TF32 math
     when ``allowTF32CuDNN(RNN)`` holds: ``torch.backends.cudnn.rnn.fp32_precision`` resolved as
@@ -76,6 +81,8 @@ def nn_lstm_uses_tf32() -> bool:
     (``torch.backends.cuda.matmul.fp32_precision``, IEEE by default).
     Torch without the per-op settings (< 2.9) only has ``cudnn.allow_tf32``.
     """
+    if target is not None and target.is_hip:
+        return _rocm_nn_lstm_uses_tf32(target)
     rnn = getattr(torch.backends.cudnn, "rnn", None)
     if not hasattr(rnn, "fp32_precision"):  # pragma: no cover - torch < 2.9
         if not torch.backends.cudnn.enabled:
@@ -86,14 +93,56 @@ def nn_lstm_uses_tf32() -> bool:
     return _resolve_cuda_fp32_precision(op_precision) == "tf32"
 
 
-def dot_precision(dtype: torch.dtype) -> str:
+def _rocm_nn_lstm_uses_tf32(target: Target) -> bool:
+    """Whether nn.LSTM computes fp32 with TF32 (xf32) inputs on an AMD GPU of ``target``.
+
+    Under a ROCm torch nn.LSTM is a MIOpen RNN while ``torch.backends.cudnn.enabled`` (ATen's
+    ``_use_miopen``; fp32 and fp16 only — bf16 runs ATen's own cell, whose GEMMs are bf16). ATen's
+    MIOpen RNN descriptor (``RNNDescriptorParams`` in aten/src/ATen/native/miopen/RNN_miopen.cpp)
+    carries no math type, and MIOpen has no TF32 switch for RNNs: its fp32 GEMMs are IEEE fp32,
+    whatever ``torch.backends.cudnn.rnn.fp32_precision`` says (on ROCm TF32 is opt-in and reaches
+    MIOpen convolutions at most: pytorch/pytorch#190711). With MIOpen disabled nn.LSTM multiplies
+    with hipBLAS(Lt), which follows the matmul setting, and only where the matrix units take
+    xf32 (gfx942: ``target.has_tf32``)."""
+    if torch.backends.cudnn.enabled or not target.has_tf32:
+        return False
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # pragma: no cover - torch < 2.9
+        return bool(matmul.allow_tf32)
+    return _resolve_cuda_fp32_precision(matmul.fp32_precision) == "tf32"
+
+
+@functools.cache
+def _hip_target_of(index: int) -> Target:
+    return hip_target(index)
+
+
+def launch_target(device=None) -> Target | None:
+    """The AMD target a launch on ``device`` (default: the device of the innermost
+    device.on_device guard, i.e. the launcher's tensors) runs on under a ROCm torch; None on a
+    CUDA torch, on the CPU and outside any guard (the NVIDIA rules apply, as before)."""
+    device = guarded_device() if device is None else torch.device(device)
+    if device is None or device.type != "cuda" or not rocm_torch():
+        return None
+    return _hip_target_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dot_precision(dtype: torch.dtype, target: Target | None = None) -> str:
     """``tl.dot``'s ``input_precision`` for inputs of ``dtype``: fp32 follows the switch nn.LSTM
     follows (:func:`nn_lstm_uses_tf32`; TF32 by default, like cuDNN), so the drop-in computes in
     nn.LSTM's precision. fp16/bf16 dots ignore the setting ("tf32" is then Triton's default).
 
+    On an AMD ``target`` (default: :func:`launch_target`, the launch's device under a ROCm torch)
+    fp32 follows MIOpen (:func:`_rocm_nn_lstm_uses_tf32`: IEEE fp32, which the matrix units run
+    as fp32 MFMAs) and fp16/bf16 take ``"ieee"``, the ROCm backend's default: it refuses
+    ``"tf32"`` on every target but gfx942, whatever the dtype.
+
     The result is a constexpr of the kernels: the launchers read it at every launch, so changing
     torch's switch picks (and, the first time, compiles) the other kernel variant.
     """
+    target = target or launch_target()
+    if target is not None and target.is_hip:
+        return "tf32" if dtype == torch.float32 and nn_lstm_uses_tf32(target) else "ieee"
     if dtype == torch.float32 and not nn_lstm_uses_tf32():
         return "ieee"
     return "tf32"
@@ -176,6 +225,36 @@ try:  # cooperative launches (Triton ≥ 3.3 on NVIDIA): the driver refuses a gr
     COOPERATIVE_LAUNCH = "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__
 except ImportError:  # pragma: no cover - non-NVIDIA builds of triton
     COOPERATIVE_LAUNCH = False
+try:  # the ROCm backend's (hipModuleLaunchCooperativeKernel; Triton 3.6 and 3.9 have it)
+    from triton.backends.amd.compiler import HIPOptions
+
+    HIP_COOPERATIVE_LAUNCH = "launch_cooperative_grid" in HIPOptions.__dataclass_fields__
+except ImportError:  # pragma: no cover - builds of triton without the AMD backend
+    HIP_COOPERATIVE_LAUNCH = False
+
+
+@functools.cache
+def _hip_device_cooperates(index: int) -> bool:
+    """hipDeviceAttributeCooperativeLaunch of an AMD device, as Triton's HIP driver reads it (its
+    launcher asserts it before a cooperative launch; False where the driver cannot say)."""
+    try:
+        return bool(triton.runtime.driver.active.utils.get_device_properties(index)["cooperativeLaunch"])
+    except Exception:  # noqa: BLE001 - any failure of the query: launch without the cooperative flag
+        return False
+
+
+def cooperative_launch(device) -> bool:
+    """Whether a persistent launch on ``device`` asks for a cooperative grid (the driver then
+    refuses a grid whose programs cannot all be resident). CUDA torch: :data:`COOPERATIVE_LAUNCH`.
+    ROCm torch: Triton's ROCm backend has the option and the device supports it; without, the
+    persistent level relies on its resident-grid rule (grid ≤ CUs) and on the barrier's spin limit
+    (a timeout is repaired by the rescue kernels, lstm_step.rescue_*)."""
+    target = launch_target(device)
+    if target is None:
+        return COOPERATIVE_LAUNCH
+    device = torch.device(device)
+    return HIP_COOPERATIVE_LAUNCH and _hip_device_cooperates(device.index if device.index is not None
+                                                            else torch.cuda.current_device())
 MAX_SPINS = 1 << 22  # barrier polls before a program gives up and flags a timeout (seconds, not a hang)
 PERSISTENT_MAX_HIDDEN = 1024
 PERSISTENT_BLOCK_H = 16  # hidden units per program: the most programs, the smallest W slice
@@ -199,6 +278,15 @@ INTERPRETER_MAX_BATCH = 64  # interpreter tiles: one program, so all rows in one
 # AOT report reads from the cubins (lstm-triton kernels).
 SHARED_BUDGET = {8: 160 * 1024, 9: 220 * 1024}
 SM_COUNT = {8: 108, 9: 132}  # A100, H100/H200: used when no device is present (AOT enumeration)
+# AMD (targets.py): the ROCm backend keeps each program's W_hh slice in VGPRs and stages only the
+# operand tile of h (or dG) in LDS — the compile report on gfx90a/gfx942/gfx950 reads LDS =
+# BLOCK_B · max(BLOCK_K, BLOCK_K2) · elt, e.g. 32 KB at the d2l shape (32 rows × 256 fp32) and at
+# bf16 K = 1024 (16 rows). The rule plans BLOCK_B · (BLOCK_K + BLOCK_K2) · elt + 4 KB of LDS (an
+# upper bound) within the target's limit, and at most HIP_W_SLICE_VGPRS registers of each lane for
+# the W slice: a workgroup of 8 waves puts 2 on each of a CU's 4 SIMDs, 256 of a lane's 512
+# registers each; the largest slices (bf16 K = 1024, fp32 K = 512: 64 a lane) compile to at most
+# 179 VGPRs, no AGPRs, no scratch (the report's ci set on gfx90a/gfx942/gfx950).
+HIP_W_SLICE_VGPRS = 64
 
 
 @dataclass(frozen=True)
@@ -251,7 +339,7 @@ def _device_limits(device) -> tuple[int, int, int | None]:
     return props.major, props.multi_processor_count, (optin - 7 * 1024) if optin else None
 
 
-def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *, arch: int | None = None,
+def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, *, arch: int | str | None = None,
                       sms: int | None = None, gates: int = 4,
                       precision: str | None = None) -> tuple[PersistentConfig | None, str]:
     """The persistent launch for (B, H, dtype), or ``(None, reason)`` when it cannot hold it.
@@ -275,8 +363,15 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     IEEE fp32 dots (``precision``, default :func:`dot_precision`, what the launch will pass) only
     up to K = 256.
 
-    ``arch``/``sms`` override the device (AOT enumeration without a GPU). Under the
-    interpreter with its own tiles: one program owns every row (B ≤ 64) and unit.
+    ``arch``/``sms`` override the device (AOT enumeration without a GPU): ``arch`` a CUDA major
+    (8, 9) or a target name of targets.py (``"sm_90"``, ``"gfx942"``). Under the interpreter with
+    its own tiles: one program owns every row (B ≤ 64) and unit.
+
+    AMD targets (``arch="gfx942"``, or a device under a ROCm torch: targets.hip_target) take the
+    same tiles and rules, with compute units for SMs and their own on-chip check: the W slice in
+    VGPRs, the operand tile in LDS (see HIP_W_SLICE_VGPRS). Their fp32 dots are IEEE, as MIOpen's
+    (dot_precision), and run on the matrix units (fp32 MFMAs), so the IEEE limits above, which
+    are about NVIDIA's FMA tiles, do not apply there.
     """
     if hidden > PERSISTENT_MAX_HIDDEN:
         return None, f"H={hidden} > {PERSISTENT_MAX_HIDDEN}: the W_hh slice would not stay on chip"
@@ -291,19 +386,30 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
         if not _concurrent_programs_under_interpreter:
             return None, "GPU tiles under the interpreter: several programs cannot meet at a barrier there"
         arch = INTERPRETER_ARCH  # the multi-program harness: the exact sm_90 grid and tiles
-    budget = None
+    budget, target = None, None
     if arch is None:
         if device is None or torch.device(device).type != "cuda":
             return None, "the persistent kernel needs a CUDA device (or the interpreter)"
-        arch, sms, budget = _device_limits(device)
+        target = launch_target(device)
+        if target is None:
+            arch, sms, budget = _device_limits(device)
+    elif isinstance(arch, str):
+        target = get_target(arch)
+        if not target.is_hip:
+            arch, target = target.major, None
+    if target is not None:
+        sms, budget = sms or target.compute_units, target.shared_budget
     sms = sms or SM_COUNT.get(arch, 108)
     budget = budget or SHARED_BUDGET.get(arch, SHARED_BUDGET[8])
+    units_name = "CUs" if target is not None else "SMs"
     elt = torch.finfo(dtype).bits // 8
     block_h, reduction = PERSISTENT_BLOCK_H, block_k + block_k2
     if reduction > PERSISTENT_UNALIGNED_MAX_REDUCTION and hidden % 16:
         return None, (f"H={hidden} > {PERSISTENT_UNALIGNED_MAX_REDUCTION} is not a multiple of 16: the rows of h "
                       f"cannot be loaded as vectors and the persistent kernel's build for it spills registers")
-    ieee = (precision or dot_precision(dtype)) == "ieee"
+    # IEEE fp32 dots run on NVIDIA's FMA units (larger register tiles); AMD's matrix units take fp32
+    # (v_mfma_f32_*_f32), so there IEEE fp32 tiles are sized like the other dots'.
+    ieee = (precision or dot_precision(dtype, target)) == "ieee" and target is None
     if ieee and reduction > PERSISTENT_IEEE_MAX_REDUCTION:
         return None, (f"IEEE fp32 dots (TF32 off) over K={reduction} > {PERSISTENT_IEEE_MAX_REDUCTION}: "
                       "the persistent kernel's FMA tiles spill registers")
@@ -312,8 +418,10 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
     n_h, n_b = triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)
     if n_h * n_b > sms:
         return None, (f"B={batch}, H={hidden}: {n_h} hidden slices × {n_b} batch tiles = {n_h * n_b} programs, "
-                      f"over the {sms} SMs that must hold the whole grid at once (grid barrier)")
+                      f"over the {sms} {units_name} that must hold the whole grid at once (grid barrier)")
     w_bytes = gates * reduction * block_h * elt
+    if target is not None:
+        return _hip_on_chip(target, w_bytes, block_b, block_h, block_k, block_k2, elt, n_h, n_b, sms)
     shared = w_bytes + block_b * reduction * elt + 4096
     if shared > budget:
         return None, (f"W_hh slice ({w_bytes // 1024} KB, K={reduction}) and operand tile need ~{shared // 1024} KB "
@@ -325,7 +433,39 @@ def persistent_config(batch: int, hidden: int, dtype: torch.dtype, device=None, 
         f"~{shared // 1024} KB shared memory each")
 
 
-def persistent_choices(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], int]:
+def _hip_on_chip(target: Target, w_bytes: int, block_b: int, block_h: int, block_k: int, block_k2: int, elt: int,
+                 n_h: int, n_b: int, sms: int) -> tuple[PersistentConfig | None, str]:
+    """The AMD half of :func:`persistent_config`: the W slice in VGPRs, the operand tile in LDS
+    (HIP_W_SLICE_VGPRS), the same warps (split-K chunks) as on NVIDIA."""
+    reduction = block_k + block_k2
+    num_warps = 4 if w_bytes <= 32 * 1024 else 8
+    vgprs = w_bytes // (num_warps * target.wave_size * 4)
+    if vgprs > HIP_W_SLICE_VGPRS:
+        return None, (f"W_hh slice ({w_bytes // 1024} KB, K={reduction}) needs {vgprs} VGPRs of each lane, over the "
+                      f"{HIP_W_SLICE_VGPRS} the persistent kernel plans for it on {target.name}")
+    lds = block_b * reduction * elt + 4096
+    if lds > target.shared_budget:
+        return None, (f"operand tile (BLOCK_B={block_b}, K={reduction}) needs ~{lds // 1024} KB of LDS per program, "
+                      f"over the {target.shared_budget // 1024} KB of {target.name}")
+    return PersistentConfig(block_b, block_h, block_k, num_warps, block_k2, split_k=num_warps), (
+        f"{n_h * n_b} programs ({n_h} hidden slices × {n_b} batch tiles) ≤ {sms} CUs, "
+        f"~{lds // 1024} KB LDS and {vgprs} VGPRs of W slice each")
+
+
+def _precisions(dtype: torch.dtype, arch: int | str) -> tuple[str, ...]:
+    """The dot precisions launches of ``dtype`` can pass on ``arch`` (dot_precision's range)."""
+    target = get_target(arch) if isinstance(arch, str) else None
+    if target is not None and target.is_hip:
+        return ("tf32", "ieee") if dtype == torch.float32 and target.has_tf32 else ("ieee",)
+    return ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+
+
+def compute_units(arch: int | str) -> int:
+    """SMs / CUs of ``arch``'s table GPU (SM_COUNT for a CUDA major, targets.py for a name)."""
+    return SM_COUNT[arch] if isinstance(arch, int) else get_target(arch).compute_units
+
+
+def persistent_choices(arch: int | str, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], int]:
     """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch`` (with
     its default SM count) for a cell of ``gates`` gate blocks, mapped to the largest grid
     (programs) it is launched with.
@@ -337,17 +477,18 @@ def persistent_choices(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig
     return {key: programs for key, (programs, _) in _persistent_reach(arch, gates).items()}
 
 
-def persistent_precisions(arch: int, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], set]:
+def persistent_precisions(arch: int | str, gates: int = 4) -> dict[tuple[PersistentConfig, torch.dtype], set]:
     """The dot precisions each (PersistentConfig, dtype) of :func:`persistent_choices` runs with
-    ("tf32" for bf16/fp16; fp32: "tf32" and, where IEEE dots are allowed, "ieee")."""
+    ("tf32" for bf16/fp16; fp32: "tf32" and, where IEEE dots are allowed, "ieee"; on AMD targets
+    "ieee", and fp32 "tf32" too on gfx942)."""
     return {key: precisions for key, (_, precisions) in _persistent_reach(arch, gates).items()}
 
 
-def _persistent_reach(arch: int, gates: int) -> dict:
-    sms = SM_COUNT[arch]
+def _persistent_reach(arch: int | str, gates: int) -> dict:
+    sms = compute_units(arch)
     reach: dict = {}
     for dt in DTYPES:
-        for precision in ("tf32", "ieee") if dt == torch.float32 else ("tf32",):
+        for precision in _precisions(dt, arch):
             for h in range(1, PERSISTENT_MAX_HIDDEN + 1):
                 n_h = triton.cdiv(h, PERSISTENT_BLOCK_H)
                 # the largest batch of each tile size that fits
@@ -359,7 +500,7 @@ def _persistent_reach(arch: int, gates: int) -> dict:
     return reach
 
 
-def reachable_persistent_configs(arch: int, gates: int = 4) -> list[tuple[PersistentConfig, torch.dtype]]:
+def reachable_persistent_configs(arch: int | str, gates: int = 4) -> list[tuple[PersistentConfig, torch.dtype]]:
     """Every (PersistentConfig, dtype) that :func:`persistent_config` can return on ``arch``."""
     return sorted(persistent_choices(arch, gates), key=lambda cd: (str(cd[1]), cd[0].reduction, cd[0].block_b,
                                                             cd[0].block_h))

@@ -45,7 +45,14 @@ from . import cell_math as cm
 from .buffers import new_buffer
 from .cell_math import GATES, GRU, LSTM, SAVED
 from .device import on_tensor_device
-from .launch_config import COOPERATIVE_LAUNCH, MAX_SPINS, dot_precision, persistent_config, persistent_grid
+from .launch_config import (
+    MAX_SPINS,
+    cooperative_launch,
+    dot_precision,
+    launch_target,
+    persistent_config,
+    persistent_grid,
+)
 from .lstm_math import lstm_pointwise_backward, lstm_pointwise_forward, store_gate_blocks
 from .lstm_step import _backward_loop as step_backward_loop
 from .lstm_step import _forward_loop as step_forward_loop
@@ -307,12 +314,12 @@ def _launch_meta(B: int, H: int, dtype: torch.dtype, device: torch.device, cell:
     if cfg is None:
         raise ValueError(f"fusion='persistent' cannot run B={B}, H={H}, {dtype}: {reason}")
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k, BLOCK_K2=cfg.block_k2, SPLIT=cfg.split_k,
-                PRECISION=dot_precision(dtype), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
+                PRECISION=dot_precision(dtype, launch_target(device)), MAX_SPINS=MAX_SPINS, num_warps=cfg.num_warps,
                 # One stage: nothing may be prefetched across the barrier (it would read stale h / dG).
                 num_stages=1)
     if cell != LSTM:  # the LSTM launches exactly as before GRU/RNN joined
         meta["CELL"] = cell
-    if COOPERATIVE_LAUNCH:  # the driver refuses a grid whose programs cannot all be resident
+    if cooperative_launch(device):  # the driver refuses a grid whose programs cannot all be resident
         meta["launch_cooperative_grid"] = True
     return persistent_grid(B, H, cfg), meta
 
@@ -331,11 +338,15 @@ barrier_timeouts = 0
 
 
 def _is_cooperative_refusal(err: Exception) -> bool:
-    """The driver's CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, as Triton's launcher reports it: the
-    grid cannot be co-resident on this device (fewer SMs free than it has, e.g. under MPS or a
-    green context, or a smaller GPU than the configuration assumed)."""
+    """The driver's CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE (hipErrorCooperativeLaunchTooLarge on
+    ROCm), as Triton's launcher reports it: the grid cannot be co-resident on this device (fewer
+    SMs / CUs free than it has, e.g. under MPS or a green context, or a smaller GPU than the
+    configuration assumed). Triton's HIP launcher gives hipGetErrorString's text, which HIP
+    releases spell "hipErrorCooperativeLaunchTooLarge" or "cooperative launch too large"."""
     text = str(err).lower()
-    return "cooperative launch" in text or "cooperative_launch_too_large" in text
+    letters = "".join(ch for ch in text if ch.isalpha())
+    return "cooperative launch" in text or "cooperative_launch_too_large" in text or (
+        "cooperativelaunchtoolarge" in letters)
 
 
 def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> bool:

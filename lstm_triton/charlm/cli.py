@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     k = sub.add_parser("kernels", help="compile every kernel configuration for a GPU and report registers/spills")
-    k.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
+    k.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90", "gfx90a", "gfx942", "gfx950"),
+                   help="NVIDIA compute capability or AMD Instinct ISA (MI250X, MI300X, MI355X)")
+    k.add_argument("--scope", default="all", choices=("all", "representative", "ci", "rated"),
+                   help="which builds: every one the launchers can pick (hours), or a smaller set")
     k.add_argument("--json", action="store_true")
     k.add_argument("--sass", action="store_true",
                    help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
@@ -330,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "kernels":
             from ..layers.kernel_report import main as report
 
-            return report(["--arch", args.arch] + (["--json"] if args.json else []) + (["--sass"] if args.sass else []))
+            return report(["--arch", args.arch, "--scope", args.scope] + (["--json"] if args.json else [])
+                          + (["--sass"] if args.sass else []))
         raise UsageError(f"lstm-triton: error: unknown command {args.command!r}")
     except UsageError as exc:
         line = str(exc).splitlines()[0]

@@ -8,7 +8,7 @@
 ``packed.py``                         PackedSequence and ``lengths=`` on the fused recurrence
 ``patching.py``                       ``patch``/``unpatch``: nn's layers inside a model become ours, in place, and back
 ``serialization.py``                  the layers as safe globals of torch.load's default ``weights_only=True``
-``kernel_report.py``                  ahead-of-time sm_80 / sm_90 builds: registers, spills, shared memory
+``kernel_report.py``                  ahead-of-time sm_80 / sm_90 / gfx9xx builds: registers, spills, shared memory
 ``export.py``                         what ONNX export and torch.jit.script see of the layers
 ``quantize.py``                       dynamic quantization (quantize_dynamic) of LSTM and GRU
 """

@@ -1,7 +1,9 @@
 """The one place that decides which backend (triton / torch) and fusion level run an LSTM call.
 
-backend ``auto``: Triton on CUDA tensors, and on CPU tensors when the Triton interpreter is on
-(TRITON_INTERPRET=1); torch's own kernel (cuDNN / ATen) otherwise. ``triton`` on a CPU tensor
+backend ``auto``: Triton on CUDA tensors — under a ROCm torch AMD GPUs are "cuda" devices too, and
+the kernels compile through Triton's ROCm backend (launch rules: kernels/targets.py) — and on CPU
+tensors when the Triton interpreter is on (TRITON_INTERPRET=1); torch's own kernel (cuDNN or
+MIOpen / ATen) otherwise. ``triton`` on a CPU tensor
 without the interpreter is a ValueError. Every decision is logged at DEBUG level on the
 ``lstm_triton`` logger with its reason.
 

@@ -1,9 +1,17 @@
 """Compile the kernels the launchers run, ahead of time, for a GPU target, and report registers,
 spills, shared memory and tensor-core (MMA) instructions, plus the useful fraction of the
 multiply-adds the tiles compute at the d2l and large shapes (no GPU needed: ptxas and cuobjdump
-ship in the triton wheel).
+ship in the triton wheel, and so do the ROCm backend's compiler and linker).
 
     python -m lstm_triton.layers.kernel_report --arch sm_90 [--scope all|representative|ci|rated] [--json]
+    python -m lstm_triton.layers.kernel_report --arch gfx942 ...   # AMD Instinct: gfx90a, gfx942, gfx950
+
+AMD targets (kernels/targets.py) compile through Triton's ROCm backend, each launch specialised as
+a HIP launch (pointers within 2 GB get ``tt.pointer_range = 32``: buffer loads), with the HIP
+launch rules (launch_config: MIOpen's IEEE fp32 dots, CUs for SMs). Their rows read the AMDGPU
+metadata of the kernel's assembly (:func:`amdgcn_facts`): VGPRs, AGPRs, scratch (the private
+segment: where spilled registers go), and LDS (Triton's ``shared``), and count its ``v_mfma``
+instructions; ``resident`` says whether the persistent grid fits the CUs, one workgroup each.
 
 Each row is a kernel a launch compiles: the launchers run on CPU tensors with their kernels
 replaced by recorders (:func:`capture_launches`), and each recorded launch is compiled with the
@@ -36,10 +44,13 @@ from triton.compiler import ASTSource
 from ..kernels import lstm_cell, lstm_persistent, lstm_step
 from ..kernels.cell_math import GATES, GRU, LSTM, RNN_RELU, RNN_TANH, SAVED
 from ..kernels.launch_config import (
+    HIP_COOPERATIVE_LAUNCH,
     MAX_SPINS,
     PERSISTENT_MAX_HIDDEN,
-    SM_COUNT,
     PersistentConfig,
+    _precisions,
+    compute_units,
+    dot_precision,
     persistent_choices,
     persistent_config,
     persistent_reduction_tiles,
@@ -48,6 +59,7 @@ from ..kernels.launch_config import (
     reachable_step_configs,
     step_config,
 )
+from ..kernels.targets import TARGETS, get_target
 
 KERNELS = {fn.__name__: fn for fn in (
     lstm_cell.cell_forward_kernel, lstm_cell.cell_backward_kernel,
@@ -55,7 +67,8 @@ KERNELS = {fn.__name__: fn for fn in (
     lstm_persistent.persistent_forward_kernel, lstm_persistent.persistent_backward_kernel,
     lstm_step.rescue_forward_kernel, lstm_step.rescue_backward_kernel,
 )}
-SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # max shared memory per block
+SHARED_LIMIT = {name: t.shared_limit for name, t in TARGETS.items()}  # max shared memory (LDS) per block
+ARCHES = tuple(TARGETS)
 
 TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # The two shapes the report rates (B, H, dtype): the d2l char LM and the cuDNN comparison point;
@@ -68,6 +81,16 @@ RATED = {"d2l_shape": (*D2L[:2], 35, D2L[2]), "large_shape": (*LARGE[:2], 1024, 
 MMA_OPCODE = re.compile(r"\b(?:HMMA|HGMMA|IMMA|IGMMA|DMMA|QGMMA)\.")
 # Their PTX: each mma.sync / wgmma.mma_async instruction becomes one of the above.
 PTX_MMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:mma\.sync|wgmma\.mma_async)\.", re.MULTILINE)
+# AMD matrix-core instructions in the assembly (v_mfma_f32_16x16x4_f32, …_xf32, …_bf16, …_f16),
+# and the AMDGPU metadata the report reads from it (amdhsa.kernels, one kernel per build).
+AMDGCN_MFMA = re.compile(r"^\s*v_mfma_\w+", re.MULTILINE)
+AMDGCN_FIELDS = {"vgprs": "vgpr_count", "agprs": "agpr_count", "scratch_bytes": "private_segment_fixed_size",
+                 "vgpr_spills": "vgpr_spill_count", "sgpr_spills": "sgpr_spill_count"}
+
+
+def _arch_key(arch: str) -> int | str:
+    """What launch_config takes for ``arch``: a CUDA major (sm_90 -> 9) or the AMD target name."""
+    return arch if get_target(arch).is_hip else get_target(arch).major
 
 
 @dataclass
@@ -89,6 +112,7 @@ class KernelBuild:
     divisible: list = field(default_factory=list)  # arguments the JIT marked divisible by 16 (ints, pointers)
     options: dict = field(default_factory=dict)  # other compile options of the launch (launch_cooperative_grid)
     example: list = field(default_factory=list)  # [B, H, T] of a launch that compiles this build
+    pointer_range: list = field(default_factory=list)  # AMD: pointers the JIT marked within 2 GB (buffer ops)
     registers: int = -1
     cp_async: int = -1  # cp.async instructions in the PTX (prefetches; must be 0 across a grid barrier)
     # ptxas -v: "N bytes stack frame, M bytes spill stores, K bytes spill loads". A build spills when
@@ -113,6 +137,18 @@ class KernelBuild:
     max_programs: int = 0  # persistent: largest grid the launcher gives this config; 0 = no barrier
     grid_fits_sms: bool = True  # persistent: max_programs ≤ the architecture's SM count
     shared_fits: bool = True  # shared_bytes within what one block may use on this architecture
+    # AMD targets (-1 elsewhere), from the AMDGPU metadata: architectural and accumulation VGPRs per
+    # lane, scratch bytes per lane (private segment: spilled registers), the compiler's spill counts
+    # (spills: scratch or VGPR spills; SGPR spills land in VGPR lanes, not memory).
+    # shared_bytes is the LDS, mma_instructions the v_mfma count.
+    vgprs: int = -1
+    agprs: int = -1
+    scratch_bytes: int = -1
+    vgpr_spills: int = -1
+    sgpr_spills: int = -1
+    # Every program of the largest grid resident at once, one block (workgroup) per SM (CU): the
+    # grid fits, and so do the block's shared memory and (AMD) its waves' registers on one CU.
+    resident: bool = True
 
 
 # ----------------------------------------------------------------------------- runtime specialisation
@@ -137,15 +173,31 @@ class _Recorder:
         return launch
 
 
+def _precision_patch(major: int | str, precision: str | None):
+    """The dot_precision a launch for ``major`` (CUDA major or AMD target name) computes, with
+    ``precision`` overriding the fp32 one; None where the launchers' own (CUDA, no override) holds."""
+    target = get_target(major) if isinstance(major, str) else None
+    if precision is None and target is None:
+        return None
+
+    def patched(dt, *_args, **_kwargs):
+        if precision is not None and dt == torch.float32:
+            return precision
+        return dot_precision(dt, target)
+    return patched
+
+
 def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: int, steps: int,
-                     dtype: torch.dtype, major: int, precision: str | None = None) -> list[tuple]:
+                     dtype: torch.dtype, major: int | str, precision: str | None = None) -> list[tuple]:
     """The kernel launches (fn, args, kwargs) the launcher of ``level`` makes for one direction
     (``forward``/``backward``) of a (T=steps, B=batch, H=hidden) sequence of ``cell``, recorded by
     running the real launcher on CPU tensors with its kernels replaced by recorders. Fresh CPU
     allocations are 64-byte aligned like CUDA ones (512), so every pointer the launcher offsets
     (``xp[t]``, ``dG[T]``, the timeout flag behind the counters) has the alignment it has on a GPU.
-    The persistent launcher's device query is answered for ``major`` (sm_80: 8, sm_90: 9);
-    ``precision`` overrides the fp32 dot precision torch's settings give (``"ieee"``)."""
+    The persistent launcher's device query is answered for ``major`` (sm_80: 8, sm_90: 9; an AMD
+    target by its name, ``"gfx942"``: then the launch is the HIP one, with the ROCm dot precision
+    and the ROCm backend's cooperative flag); ``precision`` overrides the fp32 dot precision
+    torch's settings give (``"ieee"``)."""
     module = {"cell": lstm_cell, "step": lstm_step, "persistent": lstm_persistent}[level]
     name = {"cell": "cell_", "step": "step_", "persistent": "persistent_"}[level] + direction + "_kernel"
     sink: list = []
@@ -159,9 +211,13 @@ def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: 
         def config(b_, h_, dt_, device=None, **kw):
             return saved["persistent_config"](b_, h_, dt_, arch=major, precision=precision, **kw)
         module.persistent_config = config
-    if precision is not None and hasattr(module, "dot_precision"):
+        if isinstance(major, str):
+            saved["cooperative_launch"] = module.cooperative_launch
+            module.cooperative_launch = lambda device: HIP_COOPERATIVE_LAUNCH
+    patched = _precision_patch(major, precision)
+    if patched is not None and hasattr(module, "dot_precision"):
         saved["dot_precision"] = module.dot_precision
-        module.dot_precision = lambda dt: precision if dt == torch.float32 else saved["dot_precision"](dt)
+        module.dot_precision = patched
     try:
         e = torch.empty  # the launchers only read shapes, dtypes and addresses here
         w = e(g * h, h, dtype=dtype)
@@ -187,16 +243,18 @@ def capture_launches(level: str, direction: str, cell: int, batch: int, hidden: 
 
 
 def capture_rescue_launch(direction: str, cell: int, batch: int, hidden: int, steps: int, dtype: torch.dtype,
-                          precision: str | None = None) -> list[tuple]:
+                          precision: str | None = None, major: int | str = 9) -> list[tuple]:
     """The launch of the rescue kernel that follows every persistent launch (lstm_step.rescue_forward
-    / rescue_backward), recorded as :func:`capture_launches` records the others."""
+    / rescue_backward), recorded as :func:`capture_launches` records the others (``major``: as
+    there; only an AMD target changes the launch, through its dot precision)."""
     name = f"rescue_{direction}_kernel"
     sink: list = []
     saved = {name: getattr(lstm_step, name)}
     setattr(lstm_step, name, _Recorder(saved[name], sink, 1))
-    if precision is not None:
+    patched = _precision_patch(major, precision)
+    if patched is not None:
         saved["dot_precision"] = lstm_step.dot_precision
-        lstm_step.dot_precision = lambda dt: precision if dt == torch.float32 else saved["dot_precision"](dt)
+        lstm_step.dot_precision = patched
     g, h, b, t, e = GATES[cell], hidden, batch, steps, torch.empty
     flag, w = torch.zeros(1, dtype=torch.int32), e(g * h, h, dtype=dtype)
     try:
@@ -227,29 +285,44 @@ def rescue_builds(arch: str, representative: bool = False) -> list[KernelBuild]:
     most registers) in fp32 (default precision) and bf16 (fp16 has its code; RNN_RELU RNN_TANH's)."""
     cells = (LSTM, GRU) if representative else (LSTM, GRU, RNN_TANH, RNN_RELU)
     dtypes = (torch.float32, torch.bfloat16) if representative else tuple(TYPE)
+    key = _arch_key(arch)
     builds = []
     for cell in cells:
         for dt in dtypes:
-            for prec in (None, "ieee") if dt == torch.float32 and not representative else (None,):
+            for prec in _other_precisions(dt, key) if not representative else (None,):
                 for b, h in RESCUE_SHAPES:
                     for direction in ("forward", "backward"):
-                        for fn, args, kwargs in capture_rescue_launch(direction, cell, b, h, 5, dt, prec):
+                        for fn, args, kwargs in capture_rescue_launch(direction, cell, b, h, 5, dt, prec, key):
                             builds.append(_build_from_launch("rescue", fn, args, kwargs, arch, dt, [b, h, 5]))
     return builds
+
+
+def _other_precisions(dtype: torch.dtype, key: int | str) -> tuple:
+    """None (the default precision) and, for fp32, the other one a launch on ``key`` can get
+    (CUDA: "ieee"; gfx942: "tf32"; gfx90a/gfx950 have IEEE fp32 only)."""
+    if dtype != torch.float32:
+        return (None,)
+    default = _precision_patch(key, None)
+    default = default(dtype) if default else dot_precision(dtype)
+    return (None, *(p for p in _precisions(dtype, key) if p != default))
 
 
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid")
 
 
-def specialise(fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
+def specialise(fn, args: tuple, kwargs: dict, backend=None) -> tuple[dict, dict, dict, dict]:
     """What Triton's JIT compiles for ``fn[grid](*args, **kwargs)``: (signature, constexprs by
     argument path, attrs by argument path, compile options), with Triton's own rule
     (``native_specialize_impl``, as ``JITFunction.run`` binds a launch in Triton 3.6 … 3.9): an int
     equal to 1 becomes the constant 1, an int divisible by 16 and a pointer aligned to 16 bytes get
     ``tt.divisibility = 16``, ``None`` is a constant; ``do_not_specialize`` arguments (T) get
-    nothing; constexpr parameters take the launch's value or their default."""
+    nothing; constexpr parameters take the launch's value or their default. ``backend``: the
+    Triton backend class whose rule applies (default NVIDIA's; AMD's HIPBackend adds
+    ``tt.pointer_range = 32`` to pointers of tensors within 2 GB)."""
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
+
+    backend = backend or CUDABackend
 
     options = {k: v for k, v in kwargs.items() if k in _OPTIONS}
     bound = dict(zip(fn.arg_names, args))
@@ -261,34 +334,38 @@ def specialise(fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
             sig[p.name] = "constexpr"
             consts[(idx,)] = value
             continue
-        ty, spec = native_specialize_impl(CUDABackend, value, p.is_const, not p.do_not_specialize,
+        ty, spec = native_specialize_impl(backend, value, p.is_const, not p.do_not_specialize,
                                           not p.do_not_specialize_on_alignment)
         sig[p.name] = ty
         if ty == "constexpr":
             consts[(idx,)] = spec
         elif spec:
-            attrs[(idx,)] = CUDABackend.parse_attr(spec)
+            attrs[(idx,)] = backend.parse_attr(spec)
     return sig, consts, attrs, options
 
 
 def _build_from_launch(level: str, fn, args: tuple, kwargs: dict, arch: str, dtype: torch.dtype,
                        example: list) -> KernelBuild:
-    sig, consts, attrs, options = specialise(fn, args, kwargs)
+    backend = None
+    if get_target(arch).is_hip:
+        from triton.backends.amd.compiler import HIPBackend as backend
+    sig, consts, attrs, options = specialise(fn, args, kwargs, backend)
     meta = {k: v for k, v in kwargs.items() if k not in _OPTIONS and k in sig and sig[k] == "constexpr"
             and not k.endswith("_ptr")}
     names = fn.arg_names
     specialised = {names[i]: v for (i,), v in consts.items() if not fn.params[i].is_constexpr and v is not None}
-    divisible = sorted(names[i] for (i,) in attrs)
+    divisible = sorted(names[i] for (i,), a in attrs.items() if ["tt.divisibility", 16] in a)
+    ranged = sorted(names[i] for (i,), a in attrs.items() if ["tt.pointer_range", 32] in a)
     extra = {k: v for k, v in options.items() if k not in ("num_warps", "num_stages")}
     return KernelBuild(fn.__name__, level, TYPE[dtype], meta, options.get("num_warps", 4), arch,
                        num_stages=options.get("num_stages", 3), signature=sig, specialised=specialised,
-                       divisible=divisible, options=extra, example=list(example))
+                       divisible=divisible, options=extra, example=list(example), pointer_range=ranged)
 
 
 def _variant_key(build: KernelBuild) -> tuple:
     return (build.kernel, json.dumps(build.constexprs, sort_keys=True), build.num_warps, build.num_stages,
             json.dumps(build.signature, sort_keys=True), json.dumps(build.specialised, sort_keys=True),
-            tuple(build.divisible), json.dumps(build.options, sort_keys=True))
+            tuple(build.divisible), json.dumps(build.options, sort_keys=True), tuple(build.pointer_range))
 
 
 def _valuation_samples(lo: int, hi: int) -> list[int]:
@@ -312,7 +389,7 @@ BACKWARD_STEPS = (1, 2, 3, 4, 5, 8, 9, 16, 17)
 LOOP_STEPS = 17
 
 
-def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int) -> dict:
+def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int | str) -> dict:
     """config -> [(B, H)]: sample shapes of each configuration the launcher picks, covering every
     runtime specialisation it can compile (see :func:`_valuation_samples`)."""
     groups: dict = {}
@@ -327,7 +404,7 @@ def _sample_shapes(level: str, cell: int, dtype: torch.dtype, major: int) -> dic
         bs = _valuation_samples(1, 16) + _valuation_samples(17, 32) + _valuation_samples(97, 128)
         for h in hs:
             for b in bs:
-                for prec in ("tf32", "ieee") if dtype == torch.float32 else ("tf32",):  # IEEE: other tiles
+                for prec in _precisions(dtype, major):  # IEEE: other tiles (NVIDIA)
                     cfg, _ = persistent_config(b, h, dtype, arch=major, gates=GATES[cell], precision=prec)
                     if cfg is not None and (b, h) not in groups.get(cfg, []):
                         groups.setdefault(cfg, []).append((b, h))
@@ -368,7 +445,7 @@ def launch_variants(level: str, cell: int, dtype: torch.dtype, arch: str, config
     Without ``exhaustive`` only the launches at each configuration's most and least divisible
     shape (:func:`_extreme_shapes`) are recorded: the representative set's quick path (recording
     every sample shape runs the launchers thousands of times)."""
-    major = int(arch.removeprefix("sm_")) // 10
+    major = _arch_key(arch)
     out: dict = {}
     for cfg, shapes in _sample_shapes(level, cell, dtype, major).items():
         if configs is not None and cfg not in configs:
@@ -382,7 +459,7 @@ def launch_variants(level: str, cell: int, dtype: torch.dtype, arch: str, config
                 if t_fixed is not None:
                     steps = (t_fixed,)
                 for t in steps:
-                    for prec in (None, "ieee") if dtype == torch.float32 and level != "cell" else (None,):
+                    for prec in _other_precisions(dtype, major) if level != "cell" else (None,):
                         for fn, args, kwargs in capture_launches(level, direction, cell, b, h, t, dtype, major, prec):
                             build = _build_from_launch(level, fn, args, kwargs, arch, dtype, [b, h, t])
                             if level == "persistent" and _persistent_cfg(build) != cfg:
@@ -489,14 +566,18 @@ def compile_build(build: KernelBuild, fn, sass: bool = False) -> KernelBuild:
     """Compile ``build`` of the @triton.jit ``fn`` for its architecture, exactly as its launch
     does (the signature, constants and 16-divisibility attributes Triton's JIT derives from the
     launch's arguments, the launch's options), and fill in what the report reads from ptxas, the
-    PTX and the cubin; the SASS is disassembled for the d2l/large rows, or every row with ``sass``."""
-    major = int(build.arch.removeprefix("sm_"))
+    PTX and the cubin; the SASS is disassembled for the d2l/large rows, or every row with ``sass``.
+    AMD targets: compiled by the ROCm backend (wave 64), facts from the AMDGCN assembly
+    (:func:`amdgcn_facts`)."""
+    target = get_target(build.arch)
     names = fn.arg_names
     consts, attrs = {}, {}
     for idx, p in enumerate(fn.params):
         if build.signature[p.name] != "constexpr":
-            if p.name in build.divisible:
-                attrs[(idx,)] = [["tt.divisibility", 16]]
+            attr = ([["tt.divisibility", 16]] if p.name in build.divisible else []) + (
+                [["tt.pointer_range", 32]] if p.name in build.pointer_range else [])
+            if attr:
+                attrs[(idx,)] = attr
             continue
         if p.is_constexpr:
             consts[(idx,)] = build.constexprs.get(p.name, p.default)
@@ -505,6 +586,10 @@ def compile_build(build: KernelBuild, fn, sass: bool = False) -> KernelBuild:
     assert set(build.constexprs) <= set(names), build.constexprs
     src = ASTSource(fn, dict(build.signature), constexprs=consts, attrs=attrs)
     options = {"num_warps": build.num_warps, "num_stages": build.num_stages, **build.options}
+    if target.is_hip:
+        return _read_amdgcn(build, triton.compile(src, target=GPUTarget("hip", target.name, target.wave_size),
+                                                  options=options), target)
+    major = int(build.arch.removeprefix("sm_"))
     compiled, ptxas = compile_with_ptxas_log(src, GPUTarget("cuda", major, 32), options)
     build.cp_async = compiled.asm["ptx"].count("cp.async.")
     build.mma_instructions = count_ptx_mma(compiled.asm["ptx"])
@@ -516,6 +601,45 @@ def compile_build(build: KernelBuild, fn, sass: bool = False) -> KernelBuild:
     build.shared_bytes = max(int(compiled.metadata.shared), facts["SHARED"])
     build.shared_fits = build.shared_bytes <= SHARED_LIMIT[build.arch]
     build.sass_mma_instructions = facts.get("SASS_MMA", -1)
+    build.resident = build.grid_fits_sms and build.shared_fits
+    return build
+
+
+def amdgcn_facts(asm: str) -> dict[str, int]:
+    """vgprs, agprs, scratch_bytes, vgpr_spills, sgpr_spills of the one kernel in an AMDGCN
+    assembly (its ``amdhsa.kernels`` metadata: ``.vgpr_count``, ``.agpr_count``,
+    ``.private_segment_fixed_size`` — scratch per lane, where spilled registers live —,
+    ``.vgpr_spill_count``, ``.sgpr_spill_count``), and ``mfma``, its ``v_mfma`` instructions
+    (static count). ValueError when a field is missing (not an AMDGCN kernel)."""
+    facts = {}
+    for key, name in AMDGCN_FIELDS.items():
+        found = re.findall(rf"^\s*(?:-\s+)?\.{name}:\s*(\d+)", asm, re.MULTILINE)
+        if not found:
+            raise ValueError(f"asm has no .{name} in its AMDGPU metadata")
+        facts[key] = max(int(v) for v in found)
+    facts["mfma"] = len(AMDGCN_MFMA.findall(asm))
+    return facts
+
+
+# A CU's 4 SIMDs have 512 registers per lane each (gfx90a and later: VGPRs and AGPRs from one file);
+# a workgroup's waves spread over them, ceil(waves / 4) to a SIMD.
+AMD_SIMDS_PER_CU, AMD_REGISTERS_PER_SIMD_LANE = 4, 512
+
+
+def _read_amdgcn(build: KernelBuild, compiled, target) -> KernelBuild:
+    facts = amdgcn_facts(compiled.asm["amdgcn"])
+    for key in AMDGCN_FIELDS:
+        setattr(build, key, facts[key])
+    build.registers = facts["vgprs"] + facts["agprs"]
+    build.mma_instructions = facts["mfma"]
+    # VGPR spills go to scratch; SGPR spills go to lanes of a VGPR (v_writelane: no memory) and reach
+    # scratch only through it, so they count where scratch does (gfx950's rescue kernels have a few).
+    build.spills = build.scratch_bytes > 0 or build.vgpr_spills > 0
+    build.shared_bytes = int(compiled.metadata.shared)  # LDS: Triton's allocation, passed at launch
+    build.shared_fits = build.shared_bytes <= target.shared_limit
+    waves_per_simd = -(-build.num_warps // AMD_SIMDS_PER_CU)
+    registers_fit = build.registers * waves_per_simd <= AMD_REGISTERS_PER_SIMD_LANE
+    build.resident = build.grid_fits_sms and build.shared_fits and registers_fit
     return build
 
 
@@ -534,7 +658,7 @@ def useful_mac_fraction(kernel: str, consts: dict, batch: int, hidden: int) -> f
     return batch * hidden * hidden / (padded_rows * padded_units * padded_k)
 
 
-def _shape_picks(major: int, gates: int) -> set:
+def _shape_picks(major: int | str, gates: int) -> set:
     """The persistent configurations a cell of ``gates`` gate blocks runs at the d2l and large
     shapes, in every dtype (fp32, bf16, fp16)."""
     picks = set()
@@ -546,7 +670,7 @@ def _shape_picks(major: int, gates: int) -> set:
     return picks
 
 
-def _resource_extremes(major: int, gates: int) -> set:
+def _resource_extremes(major: int | str, gates: int) -> set:
     """The persistent configurations that hold the most on chip, in fp32 and bf16: the largest W
     slice (BLOCK_K + BLOCK_K2) with the widest batch tile, once with a one-part and once with a
     two-part (BLOCK_K2 > 0) reduction — where shared memory and registers run out first. fp16 has
@@ -562,11 +686,11 @@ def _resource_extremes(major: int, gates: int) -> set:
 
 
 @functools.cache
-def _choices(major: int, gates: int) -> dict:
+def _choices(major: int | str, gates: int) -> dict:
     return persistent_choices(major, gates)
 
 
-def representative_persistent(major: int, gates: int) -> set:
+def representative_persistent(major: int | str, gates: int) -> set:
     """The persistent configurations the tests compile for a cell of ``gates`` gate blocks: what
     the d2l and large shapes pick, and the resource extremes."""
     return _shape_picks(major, gates) | _resource_extremes(major, gates)
@@ -578,7 +702,7 @@ def rated_builds(arch: str) -> list[KernelBuild]:
     levels, flagged ``d2l_shape``/``large_shape`` with their useful MAC fraction. T enters only
     through pointer offsets, so the launch is recorded at 16 + T % 16 steps (the same 2-adic
     valuations of T and T − 1 up to 16: the same alignments, without a 1024-step buffer)."""
-    major = int(arch.removeprefix("sm_")) // 10
+    major = _arch_key(arch)
     out = {}
     for flag, (b, h, t, dt) in RATED.items():
         for level in ("step", "persistent"):
@@ -610,7 +734,7 @@ def _pick_variants(variants: dict, least: bool) -> list[KernelBuild]:
 SCOPES = ("all", "representative", "ci", "rated")
 
 
-def _ci_configs(level: str, cell: int, dt: torch.dtype, major: int):
+def _ci_configs(level: str, cell: int, dt: torch.dtype, major: int | str):
     """The ``ci`` scope's configurations of ``level`` for ``cell`` and ``dt`` (None: none): where
     registers and shared memory run out first — the persistent configurations that hold the most on
     chip (:func:`_resource_extremes`), the widest step tile and the widest pointwise block — for
@@ -653,7 +777,7 @@ def planned_builds(arch: str, scope: str = "all") -> list[KernelBuild]:
     is only those."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    major = int(arch.removeprefix("sm_")) // 10
+    major = _arch_key(arch)
     plans = {_variant_key(b): b for b in rated_builds(arch)}
     sampled = scope in ("representative", "ci")
     for level in () if scope == "rated" else ("cell", "step", "persistent"):
@@ -685,7 +809,7 @@ def planned_builds(arch: str, scope: str = "all") -> list[KernelBuild]:
         if build.level == "persistent":
             gates = GATES[build.constexprs.get("CELL", LSTM)]
             programs = _choices(major, gates)[(_persistent_cfg(build), {v: k for k, v in TYPE.items()}[build.dtype])]
-            build.max_programs, build.grid_fits_sms = programs, programs <= SM_COUNT[major]
+            build.max_programs, build.grid_fits_sms = programs, programs <= compute_units(major)
     return list(plans.values())
 
 
@@ -723,12 +847,19 @@ def format_table(builds: list[KernelBuild]) -> str:
             "spill_bytes", "spills", "shared_bytes",
             "shared_fits", "mma_instructions", "sass_mma_instructions", "max_programs", "grid_fits_sms", "shape",
             "useful_mac_fraction"]
+    if builds and get_target(builds[0].arch).is_hip:  # the AMDGCN columns in place of ptxas/SASS ones
+        df = df.rename(columns={"shared_bytes": "lds_bytes", "mma_instructions": "mfma_instructions"})
+        cols = ["kernel", "level", "dtype", "constexprs", "num_warps", "variant", "vgprs", "agprs", "scratch_bytes",
+                "spills", "lds_bytes", "shared_fits", "mfma_instructions", "max_programs", "resident", "shape",
+                "useful_mac_fraction"]
     return df[cols].to_string(index=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lstm-triton kernels", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_90"))
+    parser.add_argument("--arch", default="sm_90", choices=ARCHES,
+                        help="NVIDIA compute capability or AMD Instinct ISA (gfx90a MI250X, gfx942 MI300X, "
+                             "gfx950 MI355X; kernels/targets.py)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--scope", default="all", choices=SCOPES,
                         help="which builds (planned_builds): all of them (hours), the representative set, "
