@@ -29,8 +29,8 @@ from . import (
     packed,
 )
 from .autograd import run_layer
-from .dynamo_rnn import allow_rnn_in_dynamo
 from .backend import BACKENDS, FUSIONS, check_choice
+from .dynamo_rnn import allow_rnn_in_dynamo
 from .rnn_base import (  # noqa: F401  (re-exported: other modules import them from here)
     EMPTY_SEQUENCE,
     FusedRNNMixin,
