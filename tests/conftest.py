@@ -18,14 +18,18 @@ if not torch.cuda.is_available():
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
-# The files that take longest under the interpreter, heaviest first (seconds of a 2-core make test,
-# cold Triton cache, 2026-12-05: 270, 218, 174, 149, 106, 92, 76, 75, 69, 54; every other file
-# under 40). pytest-xdist (--dist loadfile --no-loadscope-reorder) hands files out in collection
-# order, so starting these first leaves only short files for the end: no minutes where one worker
-# finishes a long file while the other idles (longest-processing-time-first scheduling).
-HEAVIEST_FIRST = ("test_bench_report.py", "test_train_triton.py", "test_persistent_multiprogram.py",
-                  "test_lstm_triton.py", "test_aot_compile.py", "test_gru_rnn.py", "test_nn_conformance.py",
-                  "test_autocast.py", "test_no_host_sync.py", "test_tooling.py", "test_ddp.py")
+# The files that take longest under the interpreter, heaviest first (CPU-seconds of a 2-core make test,
+# cold Triton cache, 2026-12-05, main run / Triton 3.6 leg: bench_report 213/-, aot_compile 85/46,
+# gru_rnn 75/41, barrier_recovery 40/38, persistent_multiprogram 70/38, lstm_triton 131/23, then
+# main-run-only files of 40-72; every other file under 30). pytest-xdist (--dist loadfile
+# --no-loadscope-reorder) hands files out in collection order, so starting these first leaves only
+# short files for the end: no minutes where one worker finishes a long file while the other idles
+# (longest-processing-time-first scheduling). One order serves both legs: the files the Triton 3.6
+# leg runs come first in its own order of cost.
+HEAVIEST_FIRST = ("test_bench_report.py", "test_aot_compile.py", "test_gru_rnn.py", "test_barrier_recovery.py",
+                  "test_persistent_multiprogram.py", "test_lstm_triton.py", "test_nn_conformance.py",
+                  "test_tooling.py", "test_train_triton.py", "test_autocast.py", "test_ddp.py",
+                  "test_aot_compile_amd.py", "test_no_host_sync.py", "test_packed.py")
 
 
 def pytest_collection_modifyitems(items):

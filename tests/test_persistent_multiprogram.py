@@ -143,12 +143,18 @@ NEGATIVE = [
 ]
 
 
+# (case, phase) pairs: every case on both barriers, but H=304 (19 programs) on the forward's only —
+# the backward barrier's faults are shown at H=40 (one and two batch tiles) for every variant and
+# cell type (17 CPU-s of make test less).
+NEGATIVE_RUNS = [
+    pytest.param(cell, variant, T, B, I, H, seed, phase,
+                 id=("" if cell == "LSTM" else f"{cell}-") + f"{variant}-H{H}-B{B}-T{T}-seed{seed}-{phase}")
+    for cell, variant, T, B, I, H, seeds in NEGATIVE for seed in seeds for phase in ("forward", "backward")
+    if not (H == 304 and phase == "backward")]
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="negative controls drive the interpreter's schedule (CPU only)")
-@pytest.mark.parametrize("phase", ["forward", "backward"])
-@pytest.mark.parametrize("cell, variant, T, B, I, H, seed", [
-    pytest.param(cell, variant, T, B, I, H, seed,
-                 id=("" if cell == "LSTM" else f"{cell}-") + f"{variant}-H{H}-B{B}-T{T}-seed{seed}")
-    for cell, variant, T, B, I, H, seeds in NEGATIVE for seed in seeds])
+@pytest.mark.parametrize("cell, variant, T, B, I, H, seed, phase", NEGATIVE_RUNS)
 def test_a_broken_barrier_fails_the_same_checks(cell, variant, T, B, I, H, seed, phase, caplog, monkeypatch):
     """Broken in one kernel only: the forward's outputs, or (forward intact) the gradients, fail."""
     if phase == "forward":

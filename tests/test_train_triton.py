@@ -7,7 +7,12 @@ from lstm_triton.charlm.cli import main
 from .helpers import DEVICE, char_lm_losses, max_rel_diff
 
 
-@pytest.mark.parametrize("fusion", ["cell", "step", "persistent"])
+# The LSTM trains here at the persistent level, the one auto picks at the d2l shape and the longest
+# code path. Its cell and step levels train the char LM in make test too: the tiny benchmark's
+# end-to-end runs (tests/test_bench_report.py) train every level and hold each to nn's perplexity
+# within 1%, and every level matches float64 nn forward and in every gradient (test_lstm_triton.py);
+# 20 steps at those two levels here cost make test 45 CPU-seconds more.
+@pytest.mark.parametrize("fusion", ["persistent"])
 def test_triton_char_lm_trains_like_nn_lstm_for_20_steps(fusion):
     ours, ref = char_lm_losses("triton", fusion=fusion, device=DEVICE), char_lm_losses("nn")
     assert ref[-1] < ref[0]

@@ -737,13 +737,12 @@ SCOPES = ("all", "representative", "ci", "rated")
 def _ci_configs(level: str, cell: int, dt: torch.dtype, major: int | str):
     """The ``ci`` scope's configurations of ``level`` for ``cell`` and ``dt`` (None: none): where
     registers and shared memory run out first — the persistent configurations that hold the most on
-    chip (:func:`_resource_extremes`), the widest step tile and the widest pointwise block — for
-    the LSTM and the GRU (4 and 3 gate blocks; the plain RNN's one-gate kernels hold less) in fp32
-    and bf16 (fp16 has bf16's sizes and code)."""
-    if dt == torch.float16 or cell not in (LSTM, GRU):
+    chip (:func:`_resource_extremes`) for the LSTM and the GRU (4 and 3 gate blocks; the plain RNN's
+    one-gate kernels hold less), and the LSTM's widest step tile (the GRU's holds three gate blocks
+    of the same tile), in fp32 and bf16 (fp16 has bf16's sizes and code). No cell-level build: its
+    pointwise kernels hold a few values a thread and no dot (the representative set has them)."""
+    if dt == torch.float16 or cell not in (LSTM, GRU) or level == "cell" or (level == "step" and cell != LSTM):
         return None
-    if level == "cell":
-        return set(reachable_pointwise_configs()[-1:])
     if level == "step":
         return {max((c for c, d in reachable_step_configs() if d == dt), key=lambda c: c.block_b * c.block_h)}
     return {c for c, d in _resource_extremes(major, GATES[cell]) if d == dt}
@@ -770,7 +769,7 @@ def planned_builds(arch: str, scope: str = "all") -> list[KernelBuild]:
 
     ``ci`` (``make test`` for sm_90, to keep a cold Triton cache within CI's budget):
     :func:`_ci_configs`, in the most-aligned variant, and the LSTM's rescue kernels: the builds
-    that spill first if a tile or a kernel grows. ~40 builds (~3 CPU-minutes cold).
+    that spill first if a tile or a kernel grows. ~40 builds (~1 CPU-minute cold).
 
     Every scope includes the exact builds of the d2l and large launches (:func:`rated_builds`);
     ``rated`` (``--rated``, ``LSTM_TRITON_AOT=rated``, ``make test`` for sm_80 and on Triton 3.6)
