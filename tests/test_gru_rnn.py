@@ -79,8 +79,12 @@ def test_bf16_under_the_interpreter_runs_at_cell(caplog):
     assert not bad, f"(ours, nn.GRU bf16) relative errors vs float64: {bad}"
 
 
+# The module features (layers, directions, batch_first, states, dropout, ...) are the shared layer
+# code (rnn_base.py) the LSTM runs at every level in test_lstm_triton.py; each level's GRU/RNN
+# kernels are test_single_layer_matches_nn's. Here they meet at the persistent level, the one auto
+# picks on a GPU at these sizes (cell and step here too cost make test 19 CPU-s more).
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("fusion", LEVELS)
+@pytest.mark.parametrize("fusion", ["persistent"])
 @pytest.mark.parametrize("variant", MODULE_VARIANTS.values(), ids=MODULE_VARIANTS.keys())
 def test_module_features_match_nn(fusion, cell, variant):
     assert_close(compare_with_nn(fusion, 5, 3, 4, 12, cell=cell, **variant))

@@ -48,6 +48,11 @@ SHAPES = {
 def test_single_layer_matches_nn_lstm(fusion, shape, tiles):
     # GPU tiles give the persistent level several programs meeting at its barrier: under the
     # interpreter the harness runs them as co-resident threads (a no-op on CUDA).
+    if shape == SHAPES["H300-several-wide-tiles"] and tiles == "gpu-tiles":
+        # the shape is there for the interpreter's wide tiles; the GPU's narrow tiles at H=300 are many
+        # programs of H40-two-tiles' kind, and 19 persistent programs at a barrier are
+        # test_persistent_multiprogram's H304 cases (36 CPU-s of make test less)
+        pytest.skip("H300 is the wide-tile case: GPU tiles at this H are covered by H40 and H304 elsewhere")
     several = fusion == "persistent" and tiles == "gpu-tiles"
     with concurrent_programs(seed=0) if several else contextlib.nullcontext():
         assert_close(compare_with_nn(fusion, *shape))
