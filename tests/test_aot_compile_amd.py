@@ -168,3 +168,14 @@ amdhsa.kernels:
                                  "mfma": 2}
     with pytest.raises(ValueError, match="vgpr_count"):
         amdgcn_facts("v_mfma_f32_16x16x4_f32 a[0:3], v1, v2, a[0:3]")
+
+
+@pytest.mark.parametrize("arch", ["gfx90a", "gfx942", "gfx950"])
+def test_sass_on_an_amd_target_is_a_usage_error(arch, capsys):
+    """--sass disassembles NVIDIA cubins; on an AMD target it would leave a column of -1 silently."""
+    from lstm_triton.layers.kernel_report import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--arch", arch, "--scope", "rated", "--sass"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"--sass disassembles NVIDIA builds; {arch}'s rows" in err

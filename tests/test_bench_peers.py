@@ -180,6 +180,7 @@ def test_compiled_peer_is_the_naive_loop_compiled_whole_and_matches_float64_nn()
 def test_peers_say_why_they_cannot_run_here(monkeypatch):
     cpu = torch.device("cpu")
     assert status("compiled", cpu, torch.float32, "gru").available
+    assert "not 'LSTM'" in status("compiled", cpu, torch.float32, "LSTM").reason  # cells are bench.cases.CELLS
     for provider in ("torchrl-triton", "flashrnn"):
         st = status(provider, cpu, torch.float32, "lstm")
         assert not st.available and not st.interpreted and "CUDA" in st.reason

@@ -28,6 +28,10 @@ MAX_UNROLLED_T = 256
 
 def available(device, dtype: torch.dtype, cell: str, config: LayerConfig = SINGLE_LAYER) -> str | None:
     """None where torch.compile can run the naive ``cell`` here, else why not."""
+    from bench.cases import CELLS
+
+    if cell not in CELLS:
+        return f"the naive loops are {', '.join(CELLS)}, not {cell!r}"
     if not config.single_layer:
         return "the bench compiles one unidirectional naive layer without projection"
     if config.seq_len is not None and config.seq_len > MAX_UNROLLED_T:

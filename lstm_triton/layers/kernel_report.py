@@ -874,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sass", action="store_true",
                         help="disassemble every build to count its SASS MMAs (default: the d2l/large rows)")
     args = parser.parse_args(argv)
+    if args.sass and get_target(args.arch).is_hip:
+        parser.error(f"--sass disassembles NVIDIA builds; {args.arch}'s rows count v_mfma from the AMDGCN already")
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         print("lstm-triton kernels: error: unset TRITON_INTERPRET to compile for a GPU", file=sys.stderr)
         return 2
