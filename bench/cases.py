@@ -7,19 +7,22 @@ providers, shapes and modes; a profile may leave a shape out for the cells other
 summary.md (:meth:`Profile.cell_plan`).
 
 Profiles: ``gpu`` (the full comparison), ``cpu`` (what a CPU-only machine can do in under 15
-minutes on 2 cores: naive and nn train the char LM to d2l's convergence, 500 epochs; Triton
-providers run under the interpreter there, at the d2l shape only and 2 epochs, as correctness
-runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets the
-variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on a
-CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
+minutes on 2 cores, set-up included: naive, nn and the compiled loop timed at the d2l shape and the
+sweeps, every cell's char LM trained 30 epochs by naive and nn; Triton runs under the interpreter
+there, as correctness runs), ``tiny`` (CI: every code path once, in seconds). Each profile also sets
+the variable-length benchmark (:class:`VarlenConfig`, bench/varlen.py): the full sweep on a GPU; on
+a CPU only nn.LSTM packed vs padded at one small T plus one interpreted correctness run (~25 s).
 
-Where the ``cpu`` profile saves time (it tells a CPU user least): interpreted cases get one
-round and no warm-up round (their clock is no performance figure); the large
-shape (seconds per round on a CPU) gets one round and no warm-up round (the untimed ``run()``
-before the clock already warms the allocator; on a CPU there is nothing to compile). GRU and RNN
-on the CPU (``make bench`` stays under 15 minutes): no large shape, and a shorter end-to-end run
-(see the ``cpu`` entry of :data:`PROFILES`); their interpreted Triton layer cases are the LSTM's
-(d2l shape, every mode, one round).
+Where the ``cpu`` profile saves time (it tells a CPU user least; sized on the slower of this
+project's 2-core machines, an AMD EPYC without AVX-512, where nn.LSTM trains the char LM at ~16k
+tokens/s): no large shape (B=16, T=1024, H=768: seconds per round and ~5 minutes for naive and nn);
+the char LM 30 epochs, not d2l's 500 (perplexity ~17 instead of 1.1: the runs compare throughput
+and equal perplexity, not convergence, which the gpu profile and ``lstm-triton train --epochs 500``
+show); interpreted Triton (a correctness run whose clock is no performance figure) gets one round,
+no warm-up, forward+backward only (it runs forward inside), and trains the char LM 1 epoch at the
+persistent level only (the cell and step levels train end to end in the tiny profile of make test
+and on a GPU; here they are checked layer by layer). :meth:`Profile.cell_plan` says so in
+summary.md.
 """
 
 from __future__ import annotations
@@ -108,8 +111,10 @@ class Profile:
     rounds: int
     e2e: E2EConfig
     interpreted_shapes: tuple[str, ...] = ("d2l",)  # where interpreted Triton providers still run
+    interpreted_modes: tuple[str, ...] = MODES  # the modes interpreted Triton layer cases run in
+    # the Triton providers that train the char LM under the interpreter (None: every level)
+    interpreted_e2e: tuple[str, ...] | None = None
     warmup_rounds: int = 1  # timed warm-up rounds after the untimed warm-up call
-    large_rounds: int | None = None  # rounds at the "large" shape, no warm-up round (None: as elsewhere)
     varlen: VarlenConfig | None = None  # variable-length batches, LSTM only (None: not benchmarked)
     cells: tuple[str, ...] = DEFAULT_CELLS  # benchmarked cells, LSTM first
     lstm_only_shapes: tuple[str, ...] = ()  # shape names (named, or sweep axes) the other cells leave out
@@ -133,8 +138,11 @@ class Profile:
         return shapes if cell == "lstm" else tuple(s for s in shapes if s.name not in self.lstm_only_shapes)
 
     def cell_plan(self, cell: str) -> str:
-        """One sentence for summary.md: what this profile runs for ``cell`` where it differs from
-        the LSTM ('' where it does not)."""
+        """What summary.md says of this profile for ``cell``: where it differs from the LSTM, then
+        what it leaves out for interpreted Triton ('' where neither applies)."""
+        return " ".join(part for part in (self._cell_difference(cell), self.interpreted_plan()) if part)
+
+    def _cell_difference(self, cell: str) -> str:
         if cell == "lstm":
             return ""
         parts = []
@@ -160,6 +168,28 @@ class Profile:
         return (f"For {CELL_TITLES.get(cell, cell)} the {self.name} profile {' and '.join(parts)} to keep the "
                 f"run short; the LSTM gets {' and '.join(lstm)}.")
 
+    def interpreted_plan(self) -> str:
+        """One sentence: which modes and which char-LM runs this profile gives Triton under the
+        interpreter, where it leaves some out ('' where it runs them all)."""
+        parts = []
+        if tuple(self.interpreted_modes) != MODES:
+            parts.append(f"checks each level layer by layer in {' and '.join(self.interpreted_modes)} only")
+        if self.interpreted_e2e is not None:
+            levels = ", ".join(p.removeprefix("triton-") for p in self.interpreted_e2e) or "no level"
+            parts.append(f"trains the char LM at the {levels} level only (every level trains in make test's tiny "
+                         "profile and on a GPU)")
+        if not parts:
+            return ""
+        return f"Where Triton runs under the interpreter, the {self.name} profile {' and '.join(parts)}."
+
+    def runs_interpreted(self, shape_name: str, mode: str) -> bool:
+        """Whether an interpreted Triton layer case at ``shape_name`` in ``mode`` runs here."""
+        return shape_name in self.interpreted_shapes and mode in self.interpreted_modes
+
+    def trains_interpreted(self, provider: str) -> bool:
+        """Whether Triton ``provider`` trains the char LM here when it runs under the interpreter."""
+        return self.interpreted_e2e is None or provider in self.interpreted_e2e
+
     def runs_peer(self, shape_name: str, mode: str) -> bool:
         """Whether this profile has peer layer cases at ``shape_name`` in ``mode``."""
         return shape_name in self.peer_shapes and mode in self.peer_modes
@@ -170,11 +200,9 @@ class Profile:
 
     def rounds_for(self, shape_name: str, interpreted: bool) -> tuple[int, int]:
         """(rounds, warmup_rounds) for one layer case: interpreter runs are correctness runs,
-        timed once; the large shape may take fewer rounds."""
+        timed once."""
         if interpreted:
             return 1, 0
-        if shape_name == "large" and self.large_rounds:
-            return self.large_rounds, 0  # seconds per round: the untimed warm-up call suffices
         return self.rounds, self.warmup_rounds
 
     def e2e_epochs(self, interpreted: bool, cell: str = "lstm") -> int:
@@ -208,30 +236,27 @@ PROFILES = {
         varlen=VarlenConfig(Ts=(64, 128, 256, 512, 1024), B=64, I=512, H=512),
     ),
     "cpu": Profile(
-        "cpu", named=(D2L, LARGE),
+        "cpu", named=(D2L,),
         sweeps=_sweep("batch", (4, 16, 64), 35, 0, 128)
         + _sweep("hidden", (64, 128, 256, 512), 35, 16, 0)
         + _sweep("seq_len", (16, 64, 256), 0, 16, 128),
-        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=500, interpreted_epochs=2, check_epochs=2),
-        large_rounds=1,
+        dtypes=("fp32",), rounds=3, e2e=E2EConfig(epochs=30, interpreted_epochs=1, check_epochs=1),
         # ~20 s on 2 cores: nn.LSTM packed vs padded at one small T, and one interpreted correctness run
         varlen=VarlenConfig(Ts=(64,), B=16, I=64, H=64, timed=("nn", "nn-padded"),
                             interpreted=(("triton-step", "forward_backward"),), interpreted_T=64),
-        # GRU and RNN within the 15 minutes: ~2.5 min for both on an idle 2-core machine, estimated
-        # from single cases (quiet-machine seconds, ~1.3x idle: layer cases 47, char LM naive+nn 45,
-        # interpreted char LM 100). The d2l shape in every mode (interpreted Triton there too, as for
-        # the LSTM) and the sweeps, but no large shape (~40 s a cell for naive and nn); the char LM
-        # 50 epochs for naive and nn, 1 for the interpreted Triton levels (~20-40 s an epoch). The
-        # LSTM's interpreted levels run 2 epochs (3 until the compiled peer came; 10 took ~40 s an epoch
-        # at step and persistent on 2026-11-30, 15 min for the three: the whole budget)
-        lstm_only_shapes=("large",),
-        cell_e2e=tuple((cell, E2EConfig(epochs=50, interpreted_epochs=1, check_epochs=1))
-                       for cell in ("gru", "rnn", "rnn_relu")),
+        # Sized from one run of the previous profile on the AMD EPYC (2026-12-05, seconds): the char LM
+        # at 500 epochs, naive 665 + nn 360 for the LSTM alone; the large shape 307 (naive 169, nn 138);
+        # the interpreted char LM 664 over nine runs (step: LSTM 186, GRU 82, RNN 115; persistent 114,
+        # 41, 26; cell 66, 24, 10); interpreted layer cases 200, of which forward+backward 78; the
+        # compiled loop 102; 25 min in all. What stays: the compiled loop ~100, the char LM 30 epochs
+        # ~140 for the three cells, the persistent level's interpreted char LM ~120 (1 epoch), the
+        # interpreted forward+backward cases ~80, the rest ~80: ~9 min, and make setup's ~2.
+        interpreted_modes=("forward_backward",),
+        interpreted_e2e=("triton-persistent",),
         # Peers: the compiled loop's first call compiles for ~50-60 s a shape and cell on 2 cores (inductor,
-        # T=35 unrolled), so the CPU profile compiles the LSTM at the d2l shape, forward+backward only
-        # (~65 s with its rounds); the LSTM's interpreted char-LM runs went from 3 epochs to 2 to pay for it
-        # (~40 s). TorchRL and FlashRNN need CUDA: listed with the reason. The robustness check (x ×100)
-        # runs for the timed providers; the interpreted ones get it on a GPU (and in the tiny profile).
+        # T=35 unrolled), so the CPU profile compiles the LSTM at the d2l shape, forward+backward only.
+        # TorchRL and FlashRNN need CUDA: listed with the reason. The robustness check (x ×100) runs for
+        # the timed providers; the interpreted ones get it on a GPU (and in the tiny profile).
         peer_shapes=("d2l",), peer_modes=("forward_backward",),
         peers_left_out=tuple(("compiled", cell, "inductor compiles ~1 min per cell and shape on 2 cores; "
                               "make bench's CPU profile compiles the LSTM only (15-minute budget)")

@@ -46,9 +46,10 @@ def _skip_reason(case, st, profile) -> str | None:
     left_out = profile.peer_skip(case.provider, case.cell) if case.provider in PEER_PROVIDERS else None
     if left_out:
         return f"{profile.name} profile: left out ({left_out})"
-    if st.interpreted and case.shape.name not in profile.interpreted_shapes:
+    if st.interpreted and not profile.runs_interpreted(case.shape.name, case.mode):
         return (f"runs under the Triton interpreter here: correctness only, at "
-                f"{'/'.join(profile.interpreted_shapes)} (interpreter timings are not performance figures)")
+                f"{'/'.join(profile.interpreted_shapes)} in {'/'.join(profile.interpreted_modes)} "
+                f"(interpreter timings are not performance figures)")
     return None
 
 

@@ -383,30 +383,42 @@ def test_gpu_check_writes_a_summary_before_any_stage_has_run(tmp_path):
 
 
 def test_cpu_profile_trims_where_a_cpu_user_learns_least():
-    """`make bench` on a CPU stays under 15 minutes: interpreted cases (correctness runs) and the
-    large shape (seconds per round) get one round and no warm-up round; naive and nn still train
-    to d2l's convergence while the interpreted Triton runs stay short."""
-    from bench.cases import PROFILES
+    """`make bench` on a CPU stays under 15 minutes on the slower 2-core machine: no large shape, the
+    char LM 30 epochs for naive and nn, interpreted Triton (correctness runs) one round, no warm-up,
+    forward+backward only, and the char LM at the persistent level only — each said in the summary;
+    a GPU runs everything."""
+    from types import SimpleNamespace
 
-    cpu = PROFILES["cpu"]
+    from bench.cases import MODES, PROFILES
+    from bench.test_layer_bench import _skip_reason
+
+    cpu, gpu = PROFILES["cpu"], PROFILES["gpu"]
+    assert [s.name for s in cpu.named] == ["d2l"] and "large" in [s.name for s in gpu.named]
     assert cpu.rounds_for("d2l", interpreted=True) == (1, 0)
-    assert cpu.rounds_for("large", interpreted=False) == (cpu.large_rounds, 0)
     assert cpu.rounds_for("d2l", interpreted=False) == (cpu.rounds, cpu.warmup_rounds)
-    assert cpu.e2e_epochs(interpreted=False) == 500
-    assert cpu.e2e_epochs(interpreted=True) == cpu.e2e.check_epochs < 500
-    assert PROFILES["gpu"].e2e_epochs(interpreted=False) == PROFILES["gpu"].e2e_epochs(interpreted=True) == 500
-    # GRU and RNN (the 15 minutes): no large shape and shorter char-LM runs on a CPU, said in the summary;
-    # their interpreted layer cases are the LSTM's; on a GPU every cell runs everything
-    for cell in ("gru", "rnn"):
-        assert 0 < cpu.e2e_epochs(interpreted=True, cell=cell) <= cpu.e2e_for(cell).check_epochs
-        assert cpu.e2e_epochs(interpreted=True, cell=cell) < cpu.e2e_epochs(interpreted=False, cell=cell) < 500
+    for cell in ("lstm", "gru", "rnn"):
+        assert cpu.e2e_epochs(interpreted=False, cell=cell) == 30
+        assert cpu.e2e_epochs(interpreted=True, cell=cell) == cpu.e2e_for(cell).check_epochs == 1
         assert cpu.e2e_for(cell).hidden_size is None  # d2l's for the cell (RNN 512)
-        assert [s.name for s in cpu.shapes_for(cell, cpu.named)] == ["d2l"]
-        assert cpu.shapes_for(cell, cpu.sweeps) == cpu.sweeps
-        assert "large shape" in cpu.cell_plan(cell) and "50 epochs" in cpu.cell_plan(cell)
-        assert PROFILES["gpu"].e2e_epochs(interpreted=False, cell=cell) == 500
-        assert PROFILES["gpu"].cell_plan(cell) == ""
-    assert cpu.cell_plan("lstm") == "" and cpu.e2e_for("lstm") == cpu.e2e
+        assert gpu.e2e_epochs(interpreted=False, cell=cell) == gpu.e2e_epochs(interpreted=True, cell=cell) == 500
+        assert gpu.cell_plan(cell) == ""
+        plan = cpu.cell_plan(cell)
+        assert "forward_backward only" in plan and "persistent level only" in plan
+    assert [m for m in MODES if cpu.runs_interpreted("d2l", m)] == ["forward_backward"]
+    assert all(gpu.runs_interpreted("d2l", m) for m in MODES) and not cpu.runs_interpreted("hidden", "forward_backward")
+    assert [p for p in ("triton-cell", "triton-step", "triton-persistent") if cpu.trains_interpreted(p)] == [
+        "triton-persistent"]
+    assert gpu.trains_interpreted("triton-cell") and PROFILES["tiny"].trains_interpreted("triton-step")
+
+    # the layer bench's own rule: an interpreted case outside the profile's modes is skipped with the reason,
+    # a timed one never is
+    case = SimpleNamespace(provider="triton-step", cell="lstm", shape=cpu.named[0], mode="forward")
+    interpreted, timed = SimpleNamespace(available=True, interpreted=True), SimpleNamespace(available=True,
+                                                                                             interpreted=False)
+    assert "forward_backward" in _skip_reason(case, interpreted, cpu)
+    assert _skip_reason(case, timed, cpu) is None and _skip_reason(case, interpreted, gpu) is None
+    case.mode = "forward_backward"
+    assert _skip_reason(case, interpreted, cpu) is None
 
 
 def _bench_json(path, records):
@@ -500,7 +512,7 @@ def test_layer_cases_per_cell_ids_and_profile_trims():
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids)
     assert "gru-triton-step-forward_backward-d2l-T35-B32-I28-H256-fp32" in ids
-    assert "lstm-nn-train_step-large-T1024-B16-I768-H768-fp32" in ids
+    assert "lstm-nn-train_step-d2l-T35-B32-I28-H256-fp32" in ids
     for cell in ("gru", "rnn"):  # the same shapes and modes as the LSTM's but for what the profile trims
         lstm = {(c.provider, c.mode, c.shape, c.dtype) for c in cases if c.cell == "lstm"}
         other = {(c.provider, c.mode, c.shape, c.dtype) for c in cases if c.cell == cell}
