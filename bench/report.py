@@ -500,6 +500,11 @@ def _fmt(value, spec: str, na: str = "—", suffix: str = "") -> str:
     return na if missing else format(value, spec) + suffix
 
 
+def _percent(gap: float) -> str:
+    """A relative gap as a percentage, or in scientific notation where it would print as 0.0%."""
+    return f"{gap:.1%}" if not 0 < gap < 5e-4 else f"{gap:.1e}"
+
+
 def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
     """The end-to-end table and the greedy continuations of one cell; ``runs``: provider -> record."""
     check_epochs = next((info["check_epochs"] for info in runs.values() if info.get("check_epochs")), None)
@@ -512,7 +517,7 @@ def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
     lines = [f"### End-to-end char-LM training ({shape}fp32, identical weights and data order)", "",
              "| provider | epochs | tokens/s | speedup vs nn | speedup vs naive | train perplexity | "
              f"validation perplexity | train perplexity at epoch {n} | "
-             f"max relative perplexity gap vs nn (epochs 1–{n}) |",
+             f"max relative perplexity gap vs nn ({'epoch 1' if n == 1 else f'epochs 1–{n}'}) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in head.itertuples():
         tok = "interpreter" if r.interpreted else _fmt(r.tokens_per_sec, ",.0f")
@@ -525,7 +530,7 @@ def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
     if not longer.empty:
         lines += ["", f"Past epoch {n} the gap is reported, not asserted (fp32 rounding differences between "
                   "implementations can grow over a long run): largest over all shared epochs "
-                  + ", ".join(f"{r.provider} {r.ppl_gap_vs_nn_all:.1%}" for r in longer.itertuples()) + "."]
+                  + ", ".join(f"{r.provider} {_percent(r.ppl_gap_vs_nn_all)}" for r in longer.itertuples()) + "."]
     prefixes = _prefixes(runs)
     chars = next((info["predict_chars"] for info in runs.values() if info.get("predict_chars")), 50)
     lines += ["", f"Greedy continuations after training (d2l's `predict`, {chars} characters):", "",
