@@ -255,7 +255,7 @@ PROFILES = {
         # interpreted forward+backward cases ~80, the rest ~80: ~9 min, and make setup's ~2.
         interpreted_modes=("forward_backward",),
         interpreted_e2e=("triton-persistent",),
-        # Peers: the compiled loop's first call compiles for ~50-60 s a shape and cell on 2 cores (inductor,
+        # Peers: the compiled loop's first call compiles for 95-112 s a shape and cell on 2 cores (inductor,
         # T=35 unrolled), so the CPU profile compiles the LSTM at the d2l shape, forward+backward only.
         # TorchRL and FlashRNN need CUDA: listed with the reason. The robustness check (x ×100) runs for
         # the timed providers; the interpreted ones get it on a GPU (and in the tiny profile).

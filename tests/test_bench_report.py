@@ -451,6 +451,20 @@ def _e2e(cell, provider, ppl, fusion=None, interpreted=False):
             "cell_plan": "" if cell == "lstm" else f"The cpu profile trims {cell}."}
 
 
+def test_e2e_section_names_a_one_epoch_check_and_keeps_a_tiny_gap_visible(tmp_path):
+    """A check over one epoch is headed 'epoch 1' (not 'epochs 1–1'), and a gap past it too small for
+    one decimal of a percent is printed in e-notation instead of as 0.0%."""
+    from bench.report import build_reports
+
+    nn_ppl, naive_ppl = [20.0, 18.0, 16.0], [20.0, 18.0, 16.0 * (1 + 2e-5)]
+    records = [(_e2e("lstm", "nn", nn_ppl), 1.0), (_e2e("lstm", "naive", naive_ppl), 1.0)]
+    for record, _ in records:
+        record["check_epochs"] = 1
+    summary = build_reports(_bench_json(tmp_path / "b.json", records), tmp_path / "out")["summary"].read_text()
+    assert "max relative perplexity gap vs nn (epoch 1) |" in summary and "epochs 1–1" not in summary
+    assert "largest over all shared epochs naive 2.0e-05." in summary
+
+
 def test_report_groups_by_cell_with_speedups_over_the_same_cells_nn(tmp_path):
     """Built from a hand-made JSON: each cell's section holds its own numbers, LSTM first whatever
     the order in the JSON, speedups divide by nn of the same cell, and a Triton provider that ran

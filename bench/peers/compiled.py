@@ -5,8 +5,9 @@ provider times (lstm_triton/charlm/naive.py and naive_cells.py: d2l's scratch LS
 one ``X @ W_x* + H @ W_h*`` pair of GEMMs per gate and time step — eight for the LSTM), compiled
 whole with inductor (``fullgraph=True``: a graph break fails instead of running part of the loop
 eagerly; ``dynamic=False``: one specialised graph per shape, as a user gets by default). The loop
-is unrolled over T, so the first call compiles for tens of seconds on a CPU (~50-60 s at the d2l
-shape, T=35, on 2 cores) and every new shape compiles again: the bench records that first call.
+is unrolled over T, so the first call compiles for a minute or more on a CPU (d2l shape, T=35, 2
+cores: 50-60 s on an Intel Xeon, 95-112 s on an AMD EPYC) and every new shape compiles again: the
+bench records that first call.
 
 The layer is the naive layer itself (compiled in place with ``nn.Module.compile``), so its
 parameters and their gradients are the naive provider's (bench.measure.nn_layout_grads maps them
