@@ -173,11 +173,14 @@ class Profile:
         interpreter, where it leaves some out ('' where it runs them all)."""
         parts = []
         if tuple(self.interpreted_modes) != MODES:
-            parts.append(f"checks each level layer by layer in {' and '.join(self.interpreted_modes)} only")
+            modes = " and ".join(m.replace("_", "+") for m in self.interpreted_modes)
+            parts.append(f"checks each level layer by layer at the {'/'.join(self.interpreted_shapes)} shape in "
+                         f"{modes} only")
         if self.interpreted_e2e is not None:
-            levels = ", ".join(p.removeprefix("triton-") for p in self.interpreted_e2e) or "no level"
-            parts.append(f"trains the char LM at the {levels} level only (every level trains in make test's tiny "
-                         "profile and on a GPU)")
+            levels = [p.removeprefix("triton-") for p in self.interpreted_e2e]
+            where = (f"at the {' and '.join(levels)} level{'s' * (len(levels) > 1)} only" if levels
+                     else "at no level")
+            parts.append(f"trains the char LM {where} (every level trains in make test's tiny profile and on a GPU)")
         if not parts:
             return ""
         return f"Where Triton runs under the interpreter, the {self.name} profile {' and '.join(parts)}."
@@ -260,7 +263,7 @@ PROFILES = {
         # TorchRL and FlashRNN need CUDA: listed with the reason. The robustness check (x ×100) runs for
         # the timed providers; the interpreted ones get it on a GPU (and in the tiny profile).
         peer_shapes=("d2l",), peer_modes=("forward_backward",),
-        peers_left_out=tuple(("compiled", cell, "inductor compiles ~1 min per cell and shape on 2 cores; "
+        peers_left_out=tuple(("compiled", cell, "inductor compiles for 1.5-2 min per cell and shape on 2 cores; "
                               "make bench's CPU profile compiles the LSTM only (15-minute budget)")
                              for cell in ("gru", "rnn", "rnn_relu")),
         robustness_interpreted=False,
@@ -302,8 +305,9 @@ def resolve_profile(name: str) -> Profile:
 
 def resolve_cells(profile: Profile, requested: str | None = None) -> tuple[str, ...]:
     """The cells to benchmark: ``requested`` (comma-separated names of :data:`CELLS`) or the
-    profile's, in :data:`CELLS` order (LSTM first). ValueError naming unknown cells."""
-    chosen = [c.strip() for c in requested.split(",") if c.strip()] if requested else list(profile.cells)
+    profile's (``requested`` None), in :data:`CELLS` order (LSTM first). ValueError naming unknown
+    cells, or an empty choice."""
+    chosen = [c.strip() for c in requested.split(",") if c.strip()] if requested is not None else list(profile.cells)
     unknown = [c for c in chosen if c not in CELLS]
     if unknown or not chosen:
         raise ValueError(f"cells must be a comma-separated subset of {', '.join(CELLS)}, got {requested!r}")

@@ -14,58 +14,55 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is imported
 
-from bench.cases import CELLS, e2e_cases, layer_cases, resolve_cells, resolve_profile, varlen_cases  # noqa: E402
+from bench.cases import CELLS  # noqa: E402
 from bench.machine import machine_info  # noqa: E402
-from bench.providers import LAYER_PROVIDERS, PEER_PROVIDERS, PROVIDERS  # noqa: E402
-from bench.varlen import VARLEN_PROVIDERS  # noqa: E402
+from bench.selection import ALL_PROVIDERS, Selection, SelectionError, resolve  # noqa: E402
 
-ALL_PROVIDERS = tuple(dict.fromkeys(PROVIDERS + VARLEN_PROVIDERS + PEER_PROVIDERS))
 SKIPPED_PEERS = pytest.StashKey[dict]()  # (cell, provider) -> why a peer did not run: benchmark.json
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("lstm-triton bench")
     group.addoption("--bench-profile", default="auto", help="auto (gpu if CUDA else cpu), gpu, cpu or tiny")
-    group.addoption("--bench-providers", default=",".join(ALL_PROVIDERS),
-                    help="comma-separated providers (nn-padded and triton-padded: variable-length benchmark only)")
+    group.addoption("--bench-providers", default=None,
+                    help=f"comma-separated providers of {', '.join(ALL_PROVIDERS)} (default: all; nn-padded and "
+                         "triton-padded: variable-length benchmark only)")
     group.addoption("--bench-cells", default=None,
                     help=f"comma-separated cells of {', '.join(CELLS)} (default: the profile's, lstm,gru,rnn; "
                          "rnn is tanh; the variable-length benchmark runs when lstm is among them)")
 
 
-def _profile(config):
-    return resolve_profile(config.getoption("--bench-profile"))
+SELECTION = pytest.StashKey[Selection]()
 
 
-def _providers(config):
-    chosen = [p.strip() for p in config.getoption("--bench-providers").split(",") if p.strip()]
-    unknown = sorted(set(chosen) - set(ALL_PROVIDERS))
-    if unknown:
-        raise pytest.UsageError(f"--bench-providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
-    # nn first: the others' end-to-end perplexity is compared with it in the same run.
-    return sorted(chosen, key=lambda p: (p != "nn", ALL_PROVIDERS.index(p)))
-
-
-def _cells(config):
+def pytest_configure(config):
+    """Resolve --bench-profile/--bench-cells/--bench-providers once, before collection: a bad or
+    empty choice is a usage error naming the option (one line), not a collection error per file."""
     try:
-        return resolve_cells(_profile(config), config.getoption("--bench-cells"))
-    except ValueError as err:
-        raise pytest.UsageError(f"--bench-cells: {err}") from None
+        config.stash[SELECTION] = resolve(config.getoption("--bench-profile"), config.getoption("--bench-cells"),
+                                          config.getoption("--bench-providers"))
+    except SelectionError as err:
+        raise pytest.UsageError(f"--bench-{err.option.removeprefix('--')}: {err.detail}") from None
 
 
 def pytest_generate_tests(metafunc):
-    config = metafunc.config
-    if "layer_case" in metafunc.fixturenames:
-        cases = layer_cases(_profile(config), [p for p in _providers(config) if p in LAYER_PROVIDERS],
-                            _cells(config), peers=PEER_PROVIDERS)
-        metafunc.parametrize("layer_case", cases, ids=[c.id for c in cases])
-    if "varlen_case" in metafunc.fixturenames:  # nn.LSTM's packed path: LSTM only
-        providers = [p for p in _providers(config) if p in VARLEN_PROVIDERS] if "lstm" in _cells(config) else []
-        cases = varlen_cases(_profile(config), providers)
-        metafunc.parametrize("varlen_case", cases, ids=[c.id for c in cases])
-    if "e2e_case" in metafunc.fixturenames:
-        cases = e2e_cases(_profile(config), [p for p in _providers(config) if p in PROVIDERS], _cells(config))
-        metafunc.parametrize("e2e_case", cases, ids=[c.id for c in cases])
+    selection = metafunc.config.stash[SELECTION]
+    for fixture, cases in (("layer_case", selection.layer_cases), ("varlen_case", selection.varlen_cases),
+                           ("e2e_case", selection.e2e_cases)):
+        if fixture in metafunc.fixturenames:
+            chosen = cases()
+            if chosen:
+                metafunc.parametrize(fixture, chosen, ids=[c.id for c in chosen])
+            else:  # one skipped entry saying why, instead of pytest's "got empty parameter set"
+                metafunc.parametrize(fixture, [pytest.param(None, marks=pytest.mark.skip(
+                    reason=_why_no_case(fixture, selection)))], ids=["none"])
+
+
+def _why_no_case(fixture: str, selection: Selection) -> str:
+    if fixture == "varlen_case" and "lstm" not in selection.cells:
+        return "the variable-length benchmark times nn.LSTM's packed path: it runs when lstm is among the cells"
+    kind = {"layer_case": "one-layer", "varlen_case": "variable-length", "e2e_case": "char-LM"}[fixture]
+    return f"no {kind} provider among {', '.join(selection.providers)}"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -78,7 +75,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def profile(request):
-    return _profile(request.config)
+    return request.config.stash[SELECTION].profile
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ def machine_info(device: torch.device) -> dict:
     else:
         import os
 
-        name = f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        threads = torch.get_num_threads()
+        name = f"{cpu_name()} ({os.cpu_count()} cores, {threads} torch thread{'s' * (threads != 1)})"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "device": name,

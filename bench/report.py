@@ -4,8 +4,8 @@
 
 CSV: one row per cell × provider × mode × metric × x value, with p50/p20/p80, unit, the config as
 JSON, device, library versions and a timestamp. ``cell`` is lstm, gru, rnn (tanh) or rnn_relu;
-``fusion`` is the fusion level a Triton provider actually ran (a level a cell has no kernel for
-resolves to another: GRU and RNN ask for persistent and run step in this version). Interpreter
+``fusion`` is the fusion level a Triton provider actually ran (the library's own choice: a
+persistent launch that does not fit, e.g., runs step, and the summary says "(ran as step)"). Interpreter
 runs (Triton on CPU) are labelled ``interpreted`` and are never used for a speed figure: plots
 leave them out and the summary shows their perplexity but no speedup.
 
@@ -170,6 +170,19 @@ def load_long_table(json_path: str | Path) -> tuple[pd.DataFrame, dict]:
     return df, e2e
 
 
+def load_run_notes(json_path: str | Path) -> tuple[dict, dict[str, str]]:
+    """The machine record and each cell's profile note (``cell_plan``) as any record of the run
+    carries them — layer, variable-length or char-LM — so a run that trained no char LM still
+    says where it ran and what its profile left out."""
+    machine, plans = {}, {}
+    for bench in json.loads(Path(json_path).read_text())["benchmarks"]:
+        info = bench.get("extra_info", {})
+        machine = machine or info.get("machine") or {}
+        if info.get("cell_plan"):
+            plans.setdefault(info.get("cell", "lstm"), info["cell_plan"])
+    return machine, plans
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -189,7 +202,7 @@ def plot_sweep(df: pd.DataFrame, axis: str, path: Path, device: str) -> None:
 
     data = df[(df["x_name"] == axis) & (df["metric"] == "tokens_per_sec") & ~df["interpreted"]]
     dtypes = sorted(data["dtype"].dropna().unique()) or ["fp32"]
-    cells = _cells(data) or _cells(df[df["x_name"] == axis]) or ["lstm"]
+    cells = _cells(data) or _cells(df[df["x_name"] == axis]) or _cells(df) or ["lstm"]
     fig, axes = plt.subplots(len(cells), len(dtypes), figsize=(6 * len(dtypes), 4.2 * len(cells)), squeeze=False)
     for row, cell in zip(axes, cells):
         for ax, dtype in zip(row, dtypes):
@@ -241,12 +254,14 @@ def plot_speedup(df: pd.DataFrame, path: Path, device: str) -> None:
     from matplotlib.ticker import FuncFormatter
 
     table = speedup_table(df)
-    cells = _cells(table) or ["lstm"]
+    cells = _cells(table) or _cells(df) or ["lstm"]
     fig, axes = plt.subplots(len(cells), 1, figsize=(10, 4.5 * len(cells)), squeeze=False)
     for ax, cell in zip(axes[:, 0], cells):
         sub = table[(table["cell"] == cell) & table["speedup_vs_nn"].notna()].copy()
         if sub.empty:  # also a run of a provider subset without nn: no speedups to draw
-            _empty_note(ax, "no timed providers")
+            timed = df[(df["cell"] == cell) & (df["metric"] == "latency_ms") & ~df["interpreted"]]
+            _empty_note(ax, f"no {_nn_name(cell)} timing to compare with" if not timed.empty
+                        and "nn" not in set(timed["provider"]) else "no timed providers")
         else:
             sub["case"] = sub["shape"] + " " + sub["mode"] + " " + sub["dtype"]
             sub["label"] = [p + _ran_as(p, f) for p, f in zip(sub["provider"], sub["fusion"])]
@@ -281,7 +296,7 @@ def plot_perplexity(df: pd.DataFrame, path: Path, device: str) -> None:
     from matplotlib.ticker import FuncFormatter
 
     all_e2e = df[df["mode"] == "e2e_training"]
-    cells = _cells(all_e2e) or ["lstm"]
+    cells = _cells(all_e2e) or _cells(df) or ["lstm"]
     fig, axes = plt.subplots(len(cells), 2, figsize=(12, 4.5 * len(cells)), squeeze=False)
     markers = "os^Dv"
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -372,7 +387,10 @@ def plot_varlen(df: pd.DataFrame, path: Path, device: str) -> None:
     for (mode, dtype), (tput, speed) in zip(panels, axes):
         sub = table[(table["mode"] == mode) & (table["dtype"] == dtype)]
         if sub.empty:
-            _empty_note(tput, "no variable-length run timed here\n(Triton under the interpreter is not timed)")
+            ran = df[df["x_name"] == "varlen_T"]
+            _empty_note(tput, "no variable-length run timed here\n" + (
+                "(Triton under the interpreter is not timed)" if not ran.empty
+                else "(it runs nn.LSTM's packed path: LSTM runs only)"))
             _empty_note(speed, "no speedups without timings")
             continue
         for provider in _ordered(sub["provider"]):
@@ -426,7 +444,7 @@ def varlen_summary(df: pd.DataFrame) -> list[str]:
         def fmt(provider: str, r) -> str:
             ratio = f", {r.ratio_vs_triton_padded:.2f} of padded" if provider.startswith("triton-") and \
                 provider != "triton-padded" and not math.isnan(r.ratio_vs_triton_padded) else ""
-            return f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})"
+            return f"{latency(r.latency_ms)} ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')}{ratio})"
 
         for (mode, dtype), grp in at.groupby(["mode", "dtype"], sort=False):
             lines.append(f"| {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt)) + " |")
@@ -500,9 +518,17 @@ def _fmt(value, spec: str, na: str = "—", suffix: str = "") -> str:
     return na if missing else format(value, spec) + suffix
 
 
+def latency(ms: float) -> str:
+    """A latency in ms below a second ("41.1 ms"), in seconds from there ("1.44 s", not "1.44e+03 ms")."""
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1000:.3g} s"
+
+
 def _percent(gap: float) -> str:
-    """A relative gap as a percentage, or in scientific notation where it would print as 0.0%."""
-    return f"{gap:.1%}" if not 0 < gap < 5e-4 else f"{gap:.1e}"
+    """A relative gap in percent: one decimal, or in e-notation (still percent) where that would
+    print as 0.0%; "inf" for a diverged run."""
+    if not math.isfinite(gap):
+        return str(gap)
+    return f"{gap:.1%}" if not 0 < gap < 5e-4 else f"{gap * 100:.1e}%"
 
 
 def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
@@ -525,7 +551,7 @@ def _e2e_section(df: pd.DataFrame, cell: str, runs: dict) -> list[str]:
                      f"{_fmt(r.speedup_vs_nn, '.2f', suffix='×')} | "
                      f"{_fmt(r.speedup_vs_naive, '.2f', suffix='×')} | {r.train_perplexity:.3f} | "
                      f"{_fmt(r.val_perplexity, '.2f')} | {_fmt(r.train_perplexity_at_check, '.3f')} | "
-                     f"{_fmt(r.ppl_gap_vs_nn, '.1e')} |")
+                     f"{'—' if r.provider == 'nn' else _fmt(r.ppl_gap_vs_nn, '.1e')} |")
     longer = head[(head["epochs"] > n) & (head["provider"] != "nn") & head["ppl_gap_vs_nn_all"].notna()]
     if not longer.empty:
         lines += ["", f"Past epoch {n} the gap is reported, not asserted (fp32 rounding differences between "
@@ -559,12 +585,14 @@ def _latency_section(df: pd.DataFrame, cell: str) -> list[str]:
              "| shape | mode | dtype | " + " | ".join(label[p] for p in providers)
              + " | largest relative error vs float64 (same order) |",
              "|---|---|---|" + "---:|" * len(providers) + "---|"]
-    fmt = lambda _, r: f"{r.latency_ms:.3g} ms ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
+    fmt = lambda _, r: f"{latency(r.latency_ms)} ({_fmt(r.speedup_vs_nn, '.2f', suffix='×')})"
     for (shape, mode, dtype), grp in speed.groupby(["shape", "mode", "dtype"], sort=False):
         lines.append(f"| {shape} | {mode} | {dtype} | " + " | ".join(_row_cells(grp, providers, fmt))
                      + f" | {accuracy_cells(grp, providers)} |")
     return lines + ["", "The error column: each provider's largest relative error over output, final state and "
-                    "every gradient against float64 torch.nn (— where the case has none).", ""]
+                    "every gradient against float64 torch.nn (— where the case has none). A — in a latency "
+                    "column: the profile did not run that provider there (peers run at the profile's peer "
+                    "shapes and modes only; pytest's skip lines give each reason).", ""]
 
 
 def _checks_line(df: pd.DataFrame, cell: str) -> list[str]:
@@ -587,22 +615,25 @@ def _checks_line(df: pd.DataFrame, cell: str) -> list[str]:
     return lines + [""] if lines else []
 
 
-def write_summary(df: pd.DataFrame, e2e: dict, path: Path, skipped_peers: dict[str, str] | None = None) -> str:
+def write_summary(df: pd.DataFrame, e2e: dict, path: Path, skipped_peers: dict[str, str] | None = None,
+                  notes: tuple[dict, dict[str, str]] | None = None) -> str:
     """summary.md: the machine, then a section per cell (LSTM first): end-to-end training, one-layer
     latency, correctness; the variable-length benchmark (LSTM only) in the LSTM's section.
     ``e2e``: load_long_table's records keyed by (cell, provider) (a bare provider key reads as LSTM);
-    ``skipped_peers``: {"cell/provider": reason} of the peers that did not run (load_skipped_peers)."""
+    ``skipped_peers``: {"cell/provider": reason} of the peers that did not run (load_skipped_peers);
+    ``notes``: load_run_notes' machine and per-cell profile notes (default: the e2e records')."""
     runs_by_cell: dict[str, dict] = {}
     for key, info in e2e.items():
         cell, provider = key if isinstance(key, tuple) else ("lstm", key)
         runs_by_cell.setdefault(cell, {})[provider] = info
-    machine = next(iter(e2e.values()))["machine"] if e2e else {}
+    run_machine, plans = notes or ({}, {})
+    machine = run_machine or (next(iter(e2e.values()))["machine"] if e2e else {})
     lines = ["# lstm-triton benchmark summary", ""]
     if machine:
-        lines += [f"Measured on **{machine['device']}** — torch {machine['torch']}, triton {machine['triton']}, "
-                  f"cuDNN {machine['cudnn']}, CUDA {machine['cuda']}; Triton interpreter "
-                  f"{'ON (Triton rows are correctness runs, not timings)' if machine['interpreter'] else 'off'}.",
-                  ""]
+        get = lambda key: machine.get(key, "?")  # noqa: E731
+        interpreter = "ON (Triton rows are correctness runs, not timings)" if machine.get("interpreter") else "off"
+        lines += [f"Measured on **{get('device')}** — torch {get('torch')}, triton {get('triton')}, "
+                  f"cuDNN {get('cudnn')}, CUDA {get('cuda')}; Triton interpreter {interpreter}.", ""]
     cells = sorted(set(_cells(df)) | set(runs_by_cell),
                    key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else 99, c))
     if cells:
@@ -611,8 +642,8 @@ def write_summary(df: pd.DataFrame, e2e: dict, path: Path, skipped_peers: dict[s
                   "torch.nn's layer of that cell.", ""]
     for cell in cells:
         lines += [f"## {_title(cell)}", ""]
-        plan = next((info.get("cell_plan") for info in runs_by_cell.get(cell, {}).values()
-                     if info.get("cell_plan")), "")
+        plan = plans.get(cell) or next((info.get("cell_plan") for info in runs_by_cell.get(cell, {}).values()
+                                        if info.get("cell_plan")), "")
         if plan:
             lines += [plan, ""]
         lines += _e2e_section(df, cell, runs_by_cell.get(cell, {}))
@@ -649,7 +680,7 @@ def build_reports(json_path: str | Path, out_dir: str | Path) -> dict[str, Path]
     plot_varlen(df, paths["varlen"], device)
     paths["perplexity"] = out / "perplexity.png"
     plot_perplexity(df, paths["perplexity"], device)
-    write_summary(df, e2e, paths["summary"], load_skipped_peers(json_path))
+    write_summary(df, e2e, paths["summary"], load_skipped_peers(json_path), load_run_notes(json_path))
     return paths
 
 
@@ -658,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", help="file written by pytest --benchmark-json")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
     args = parser.parse_args(argv)
+    try:
+        json.loads(Path(args.json).read_text())["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a one-line usage error, not a traceback
+        parser.error(f"json: expected a file written by pytest --benchmark-json, could not read {args.json} "
+                     f"({type(err).__name__}: {err})")
     paths = build_reports(args.json, args.out)
     print(paths["summary"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

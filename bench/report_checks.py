@@ -38,6 +38,20 @@ def accuracy_cells(grp: pd.DataFrame, providers: list[str]) -> str:
     return " / ".join("—" if p not in errs or pd.isna(errs[p]) else f"{float(errs[p]):.1e}" for p in providers)
 
 
+def _interpreter_left_out(df: pd.DataFrame, cell: str, metric: str) -> list[str]:
+    """A closing note where ``cell`` had Triton under the interpreter but the table has no row of it."""
+    interp = df[(df["cell"] == cell) & df["interpreted"].astype(bool) & (df["x_name"] == "shape")]
+    if metric == "first_call_s":  # the table is timed providers only, always
+        what = "its clock is no performance figure"
+    elif interp[interp["metric"] == metric].empty:
+        what = "this profile leaves that check to a GPU run"
+    else:
+        return [""]
+    if interp.empty:
+        return [""]
+    return ["", f"Triton under the interpreter is not in this table ({what}).", ""]
+
+
 def first_call_section(df: pd.DataFrame, cell: str) -> list[str]:
     """Seconds from constructing each timed provider to its first forward+backward finished
     (compilation included), per named shape; interpreted runs are left out."""
@@ -55,7 +69,7 @@ def first_call_section(df: pd.DataFrame, cell: str) -> list[str]:
         by = grp.set_index("provider")["p50"]
         lines.append(f"| {shape} | {dtype} | " + " | ".join(
             f"{by[p]:.3g} s" if p in by else "—" for p in providers) + " |")
-    return lines + [""]
+    return lines + _interpreter_left_out(df, cell, "first_call_s")
 
 
 def robustness_table(df: pd.DataFrame, cell: str) -> pd.DataFrame:
@@ -96,9 +110,10 @@ def robustness_section(df: pd.DataFrame, cell: str) -> list[str]:
         x1 = "—" if pd.isna(r.rel_err) else f"{float(r.rel_err):.1e}"
         x100 = "NaN/inf" if not math.isfinite(r.rel_err_x100) else f"{r.rel_err_x100:.1e}"
         lines.append(f"| {r.shape} | {_label(r.provider, r.backend)}{tag} | {x1} | {x100} | {r.verdict} |")
-    return lines + ["", "A verdict is `beyond tolerance` where the error exceeds both the dtype's tolerance and "
-                    "twice torch.nn's own fp32 error on the same inputs (saturated gates make that grow for "
-                    "every implementation).", ""]
+    lines += ["", "A verdict is `beyond tolerance` where the error exceeds both the dtype's tolerance and "
+              "twice torch.nn's own fp32 error on the same inputs (saturated gates make that grow for "
+              "every implementation).", ""]
+    return lines if table["interpreted"].any() else lines[:-1] + _interpreter_left_out(df, cell, "rel_err_x100")
 
 
 def skipped_peers_lines(skipped: dict[str, str], cell: str) -> list[str]:

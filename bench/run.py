@@ -14,14 +14,20 @@ from there. Exits with pytest's status, after writing whatever was measured.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from bench.report import build_reports
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # as bench/conftest.py does: before any kernel is imported
+
+from bench.report import build_reports  # noqa: E402
+from bench.selection import SelectionError, resolve  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -44,21 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="also copy the reports (CSV, plots, summary.md) to DIR, e.g. docs/results/cpu")
     args, extra = parser.parse_known_args(argv)
+    try:
+        resolve(args.profile, args.cells, args.providers)  # a bad choice: one line and exit 2, before pytest
+    except SelectionError as err:
+        parser.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "benchmark.json"
     pytest_args = [str(BENCH_DIR), "--benchmark-only", f"--bench-profile={args.profile}",
                    f"--benchmark-json={json_path}", "--benchmark-save-data", "--benchmark-columns=median,rounds",
                    "-p", "no:cacheprovider", "-v", "-rs", "-s", *extra]  # -v: one line per benchmark with % done
-    if args.providers:
+    if args.providers is not None:
         pytest_args.append(f"--bench-providers={args.providers}")
-    if args.cells:
+    if args.cells is not None:
         pytest_args.append(f"--bench-cells={args.cells}")
     start = time.perf_counter()
     status = pytest.main(pytest_args)
     print(f"benchmarks took {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    if not json_path.exists():
-        print(f"bench: pytest wrote no {json_path} (exit {int(status)})", file=sys.stderr)
+    if not json_path.exists():  # pytest-benchmark writes no JSON when no benchmark ran
+        why = ("nothing was measured: every selected case was skipped (pytest's SKIPPED lines above say why)"
+               if int(status) == 0 else f"pytest exited with {int(status)} before any benchmark ran")
+        print(f"bench: no report: {why}", file=sys.stderr)
         return int(status) or 1
     paths = build_reports(json_path, out)
     print(paths["summary"].read_text())

@@ -403,7 +403,7 @@ def test_cpu_profile_trims_where_a_cpu_user_learns_least():
         assert gpu.e2e_epochs(interpreted=False, cell=cell) == gpu.e2e_epochs(interpreted=True, cell=cell) == 500
         assert gpu.cell_plan(cell) == ""
         plan = cpu.cell_plan(cell)
-        assert "forward_backward only" in plan and "persistent level only" in plan
+        assert "forward+backward only" in plan and "persistent level only" in plan
     assert [m for m in MODES if cpu.runs_interpreted("d2l", m)] == ["forward_backward"]
     assert all(gpu.runs_interpreted("d2l", m) for m in MODES) and not cpu.runs_interpreted("hidden", "forward_backward")
     assert [p for p in ("triton-cell", "triton-step", "triton-persistent") if cpu.trains_interpreted(p)] == [
@@ -462,7 +462,27 @@ def test_e2e_section_names_a_one_epoch_check_and_keeps_a_tiny_gap_visible(tmp_pa
         record["check_epochs"] = 1
     summary = build_reports(_bench_json(tmp_path / "b.json", records), tmp_path / "out")["summary"].read_text()
     assert "max relative perplexity gap vs nn (epoch 1) |" in summary and "epochs 1–1" not in summary
-    assert "largest over all shared epochs naive 2.0e-05." in summary
+    assert "largest over all shared epochs naive 2.0e-03%." in summary
+
+
+def test_a_run_without_char_lm_still_says_where_it_ran_and_what_its_profile_left_out(tmp_path, capsys):
+    """The machine line and each cell's profile note come from any record (here layer cases only),
+    a latency of a second or more prints in seconds, and bench.report refuses a file that is no
+    benchmark JSON in one line (exit 2)."""
+    from bench.report import build_reports, latency
+    from bench.report import main as report_main
+
+    plan = "Where Triton runs under the interpreter, the cpu profile trims."
+    records = [(_layer("rnn", "nn", cell_plan=plan), 1.44), (_layer("rnn", "naive", cell_plan=plan), 2.0)]
+    summary = build_reports(_bench_json(tmp_path / "b.json", records), tmp_path / "out")["summary"].read_text()
+    assert "Measured on **test CPU**" in summary and plan in summary
+    assert "| d2l | forward | fp32 | 2 s (0.72×) | 1.44 s (1.00×) |" in summary
+    assert latency(41.06) == "41.1 ms" and latency(1440.0) == "1.44 s"
+    (tmp_path / "results.csv").write_text("cell,provider\n")
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(tmp_path / "results.csv"), "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "error: json: expected a file written by pytest --benchmark-json" in err[-1]
 
 
 def test_report_groups_by_cell_with_speedups_over_the_same_cells_nn(tmp_path):
