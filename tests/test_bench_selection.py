@@ -2,9 +2,6 @@
 is one line naming the option, from ``python -m bench.run`` (argparse, exit 2) and from ``pytest
 bench`` (a usage error), never a collection traceback or a run that measures nothing."""
 
-import subprocess
-import sys
-
 import pytest
 
 from bench.selection import ALL_PROVIDERS, SelectionError, resolve, resolve_providers
@@ -56,9 +53,23 @@ def test_bench_run_refuses_in_one_line_with_exit_2(capsys, monkeypatch, tmp_path
 
 
 def test_pytest_bench_refuses_before_collection():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark-only", "--collect-only", "-q",
-                           "-p", "no:cacheprovider", "--bench-providers=bogus"], capture_output=True, text=True)
-    out = (proc.stdout + proc.stderr).strip().splitlines()
-    assert proc.returncode == 4, out  # pytest's usage error
-    assert [line for line in out if line.strip()] == [
-        f"ERROR: --bench-providers: expected a comma-separated subset of {', '.join(ALL_PROVIDERS)}, got 'bogus'"]
+    """bench/conftest.py's pytest_configure turns a bad choice into pytest's usage error (one
+    "ERROR: --bench-…" line, exit 4), named with pytest's option; a good one is stashed for the
+    collection hooks. (The hook is called directly: a pytest subprocess would cost ~8 CPU-s.)"""
+    from types import SimpleNamespace
+
+    from bench.conftest import SELECTION, pytest_configure
+
+    def config(**options):
+        given = {"--bench-profile": "tiny", "--bench-cells": None, "--bench-providers": None, **options}
+        return SimpleNamespace(getoption=given.__getitem__, stash={})
+
+    with pytest.raises(pytest.UsageError) as err:
+        pytest_configure(config(**{"--bench-providers": "bogus"}))
+    assert str(err.value) == (f"--bench-providers: expected a comma-separated subset of {', '.join(ALL_PROVIDERS)}, "
+                              "got 'bogus'")
+    with pytest.raises(pytest.UsageError, match=r"^--bench-profile: must be one of auto, gpu, cpu, tiny, got 'huge'$"):
+        pytest_configure(config(**{"--bench-profile": "huge"}))
+    good = config(**{"--bench-cells": "gru"})
+    pytest_configure(good)
+    assert good.stash[SELECTION].cells == ("gru",)
