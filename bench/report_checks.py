@@ -41,13 +41,13 @@ def accuracy_cells(grp: pd.DataFrame, providers: list[str]) -> str:
 def _interpreter_left_out(df: pd.DataFrame, cell: str, metric: str) -> list[str]:
     """A closing note where ``cell`` had Triton under the interpreter but the table has no row of it."""
     interp = df[(df["cell"] == cell) & df["interpreted"].astype(bool) & (df["x_name"] == "shape")]
+    if interp.empty:
+        return [""]
     if metric == "first_call_s":  # the table is timed providers only, always
         what = "its clock is no performance figure"
     elif interp[interp["metric"] == metric].empty:
         what = "this profile leaves that check to a GPU run"
     else:
-        return [""]
-    if interp.empty:
         return [""]
     return ["", f"Triton under the interpreter is not in this table ({what}).", ""]
 
@@ -112,8 +112,8 @@ def robustness_section(df: pd.DataFrame, cell: str) -> list[str]:
         lines.append(f"| {r.shape} | {_label(r.provider, r.backend)}{tag} | {x1} | {x100} | {r.verdict} |")
     lines += ["", "A verdict is `beyond tolerance` where the error exceeds both the dtype's tolerance and "
               "twice torch.nn's own fp32 error on the same inputs (saturated gates make that grow for "
-              "every implementation).", ""]
-    return lines if table["interpreted"].any() else lines[:-1] + _interpreter_left_out(df, cell, "rel_err_x100")
+              "every implementation)."]
+    return lines + _interpreter_left_out(df, cell, "rel_err_x100")
 
 
 def skipped_peers_lines(skipped: dict[str, str], cell: str) -> list[str]:
